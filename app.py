@@ -1,0 +1,115 @@
+"""The task notification service: `create_app()` builds it; `python app.py` serves it.
+
+Run as a script, this module is the entry point of the eventlet server, and
+monkey patching must come before anything else is imported. Imported (by
+`flask --app app`, by tests), it patches nothing and the app runs in
+Flask-SocketIO's threading mode.
+"""
+
+if __name__ == "__main__":
+    import os
+
+    if os.environ.get("ASYNC_MODE", "eventlet") == "eventlet":
+        import eventlet
+
+        eventlet.monkey_patch()
+
+import logging
+import os
+import resource
+import signal
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+from flask_cors import CORS
+
+import db
+import errors
+import notifications
+import streams
+import tasks_api
+from broker import InMemoryBroker
+from config import load_config
+
+logger = logging.getLogger("app")
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app: defaults, then the environment, then config; start its workers and stream relay."""
+    settings = load_config()
+    settings.setdefault("ASYNC_MODE", "threading")
+    settings.update(config or {})
+    app = Flask(__name__, instance_path=settings.get("INSTANCE_PATH") or None)
+    app.config.from_mapping(settings)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+
+    errors.init_app(app)
+    CORS(app, origins=app.config["CORS_ORIGINS"], expose_headers=["Retry-After"])
+    store = db.init_app(app)
+    broker = InMemoryBroker(app.config["STREAM_QUEUE_SIZE"])
+    app.extensions["broker"] = broker
+    worker = notifications.init_app(app, store)
+    app.extensions["outbox"] = db.Outbox(notifications.outbox_targets(worker.channels, app.config))
+    streams.init_app(app, store, broker)
+    app.register_blueprint(tasks_api.bp)
+
+    worker.start()
+    app.extensions["streams"].start()
+    return app
+
+
+def shutdown(app: Flask) -> None:
+    """Stop the workers (in-flight deliveries get the grace period), close the streams; idempotent."""
+    app.extensions["notifications"].stop(app.config["NOTIFY_STOP_GRACE_SECONDS"])
+    app.extensions["streams"].stop()
+    app.extensions["broker"].close()
+    app.extensions["store"].dispose()
+
+
+def raise_open_files_limit(wanted: int) -> int:
+    """Raise this process's open-file limit towards wanted (each connection is a file); return the new one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        return target
+    return soft
+
+
+def main() -> None:
+    settings = load_config()
+    logging.basicConfig(level=settings["LOG_LEVEL"], format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    mode = os.environ.get("ASYNC_MODE", "eventlet")
+    app = create_app({"ASYNC_MODE": mode})
+    socketio = app.extensions["socketio"]
+    files = raise_open_files_limit(settings["MAX_CONNECTIONS"] + 256)
+    if files < settings["MAX_CONNECTIONS"]:
+        logger.warning("open-file limit %s is below MAX_CONNECTIONS %s (raise it with ulimit -n)",
+                       files, settings["MAX_CONNECTIONS"])
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        logger.info("%s: stopping", signal.Signals(signum).name)
+        socketio.start_background_task(_stop_and_exit)
+
+    def _stop_and_exit() -> None:
+        shutdown(app)
+        logger.info("stopped")
+        logging.shutdown()
+        os._exit(0)  # open streams would hold the server's own shutdown; clients resume by event id
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    logger.info("serving on http://%s:%s (%s)", settings["HOST"], settings["PORT"], mode)
+    server_options = {}
+    if mode == "eventlet":
+        # minimum_chunk_size=0: eventlet otherwise holds streamed output back until
+        # 4 KiB have gathered, and an SSE client would see nothing.
+        server_options = {"max_size": settings["MAX_CONNECTIONS"], "minimum_chunk_size": 0}
+    socketio.run(app, host=settings["HOST"], port=settings["PORT"], log_output=False, **server_options)
+    _stop_and_exit()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""Delivery channels: how one notification leaves the service (email, log).
+
+A channel's send() returns when the notification is delivered and raises
+DeliveryError otherwise; the error says whether trying again can help.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import re
+import smtplib
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import formataddr
+from typing import Any, Protocol
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One notification to deliver: the outbox row's id, where it goes, and the event it tells of."""
+
+    notification_id: int
+    channel: str
+    recipient: str
+    attempt: int
+    event: dict[str, Any]
+
+
+class DeliveryError(Exception):
+    """A failed delivery; retryable says whether a later attempt may succeed."""
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class Channel(Protocol):
+    name: str
+
+    def send(self, delivery: Delivery) -> None: ...
+
+
+class LogChannel:
+    """Writes each notification to the log: the default when no SMTP server is configured."""
+
+    name = "log"
+
+    def send(self, delivery: Delivery) -> None:
+        event = delivery.event
+        logger.info(
+            "notification %s: %s %s for %s",
+            delivery.notification_id,
+            event["type"],
+            event["task_id"],
+            event["task"]["user_email"],
+        )
+
+
+_LINE_BREAKS = re.compile(r"[\r\n\t\x0b\x0c\x85\u2028\u2029]+")
+
+_VERBS = {"task.created": "created", "task.updated": "updated", "task.deleted": "deleted"}
+
+
+def header_text(value: str, limit: int = 200) -> str:
+    """A header-safe rendering of user text: line breaks cannot start a new header."""
+    return _LINE_BREAKS.sub(" ", value).strip()[:limit]
+
+
+def build_email(delivery: Delivery, mail_from: str) -> EmailMessage:
+    """The message for one notification; its Message-ID is the same on every retry."""
+    event = delivery.event
+    task = event["task"]
+    verb = _VERBS.get(event["type"], "changed")
+    title = header_text(task.get("title") or "")
+    subject = f"Task {event['task_id']} {verb}" + (f": {title}" if title else "")
+    domain = mail_from.rpartition("@")[2] or "localhost"
+
+    message = EmailMessage()
+    message["From"] = mail_from
+    message["To"] = formataddr(("", delivery.recipient))
+    message["Subject"] = subject
+    message["Message-ID"] = f"<notification-{delivery.notification_id}@{header_text(domain)}>"
+    message["X-Task-Event-Id"] = str(event["id"])
+
+    lines = [
+        f"Task {event['task_id']} was {verb}.",
+        "",
+        f"Title:       {task.get('title') or ''}",
+        f"Status:      {task.get('status')}",
+        f"Description: {task.get('description') or ''}",
+        "",
+        f"Event {event['id']} at {event['occurred_at']}.",
+    ]
+    message.set_content("\n".join(lines))
+    rows = "".join(
+        f"<tr><th align=left>{html.escape(label)}</th><td>{html.escape(str(value or ''))}</td></tr>"
+        for label, value in (("Title", task.get("title")), ("Status", task.get("status")),
+                             ("Description", task.get("description")))
+    )
+    message.add_alternative(
+        f"<p>Task <b>{html.escape(event['task_id'])}</b> was {verb}.</p><table>{rows}</table>"
+        f"<p><small>Event {event['id']} at {html.escape(event['occurred_at'])}.</small></p>",
+        subtype="html",
+    )
+    return message
+
+
+class EmailChannel:
+    """Sends each notification as an email (text and HTML) over SMTP."""
+
+    name = "email"
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self.host: str = config["SMTP_HOST"]
+        self.port: int = config["SMTP_PORT"]
+        self.username: str | None = config["SMTP_USERNAME"]
+        self.password: str | None = config["SMTP_PASSWORD"]
+        self.starttls: bool = config["SMTP_STARTTLS"]
+        self.timeout: float = config["SMTP_TIMEOUT_SECONDS"]
+        self.mail_from: str = config["MAIL_FROM"]
+
+    def send(self, delivery: Delivery) -> None:
+        message = build_email(delivery, self.mail_from)
+        try:
+            with smtplib.SMTP(self.host, self.port, timeout=self.timeout) as smtp:
+                if self.starttls:
+                    smtp.starttls(context=ssl.create_default_context())
+                if self.username:
+                    smtp.login(self.username, self.password or "")
+                smtp.send_message(message)
+        except smtplib.SMTPRecipientsRefused as exc:
+            code = min(code for code, _ in exc.recipients.values())
+            raise DeliveryError(f"recipient refused: {exc.recipients}", retryable=code < 500) from exc
+        except smtplib.SMTPResponseException as exc:
+            reply = exc.smtp_error.decode(errors="replace") if isinstance(exc.smtp_error, bytes) else exc.smtp_error
+            raise DeliveryError(f"SMTP {exc.smtp_code}: {reply}", retryable=exc.smtp_code < 500) from exc
+        except (smtplib.SMTPException, OSError) as exc:
+            raise DeliveryError(f"SMTP connection failed: {exc!r}") from exc
+
+
+def build_channels(config: Mapping[str, Any]) -> dict[str, Channel]:
+    """The channels the configuration asks for: email when SMTP_HOST is set, log otherwise."""
+    channels: dict[str, Channel] = {}
+    if config.get("SMTP_HOST"):
+        channels["email"] = EmailChannel(config)
+    else:
+        channels["log"] = LogChannel()
+    return channels
+

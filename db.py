@@ -1,0 +1,371 @@
+"""The store: SQLAlchemy 2 models and the short transactions that change them.
+
+A change to a task writes the task row, one row in the append-only `events`
+log and one outbox row per notification channel in a single transaction:
+either all three are there or none. Event ids only grow; they are the ids of
+every stream.
+
+On SQLite (the embedded default) writes are serialized in the process by a
+lock and begin with BEGIN IMMEDIATE: SQLite's busy wait is C code that never
+yields to other green threads, so two writers of one eventlet process must
+never wait on each other inside SQLite. Transactions hold no I/O but the
+database's own.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Flask
+from sqlalchemy import (
+    DateTime,
+    Engine,
+    ForeignKey,
+    Index,
+    String,
+    Text,
+    create_engine,
+    event,
+    func,
+    select,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from broker import Event
+
+
+def utcnow() -> datetime:
+    """The current UTC time, naive, as stored in every table."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def isoformat(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat(timespec="milliseconds") + "Z"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Task(Base):
+    __tablename__ = "tasks"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[str] = mapped_column(String(64), unique=True)
+    user_email: Mapped[str] = mapped_column(String(320), index=True)
+    title: Mapped[str] = mapped_column(String(200), default="")
+    description: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[str] = mapped_column(String(16), default="open", index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task_id": self.task_id,
+            "user_email": self.user_email,
+            "title": self.title,
+            "description": self.description,
+            "status": self.status,
+            "created_at": isoformat(self.created_at),
+            "updated_at": isoformat(self.updated_at),
+        }
+
+
+class EventRow(Base):
+    __tablename__ = "events"
+    # AUTOINCREMENT: SQLite never reuses an id, so event ids only grow.
+    __table_args__ = (Index("ix_events_task_id_id", "task_id", "id"), {"sqlite_autoincrement": True})
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    type: Mapped[str] = mapped_column(String(32))
+    task_id: Mapped[str] = mapped_column(String(64))
+    user_email: Mapped[str] = mapped_column(String(320), index=True)
+    occurred_at: Mapped[datetime] = mapped_column(DateTime)
+    # The wire payload, JSON-encoded once when the event is written.
+    payload: Mapped[str] = mapped_column(Text)
+
+    def to_event(self) -> Event:
+        return Event(id=self.id, task_id=self.task_id, user_email=self.user_email, data=self.payload)
+
+
+class Notification(Base):
+    """One delivery of one event through one channel: the outbox row."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (Index("ix_notifications_due", "status", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    event_id: Mapped[int] = mapped_column(ForeignKey("events.id"), index=True)
+    task_id: Mapped[str] = mapped_column(String(64), index=True)
+    user_email: Mapped[str] = mapped_column(String(320), index=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    recipient: Mapped[str] = mapped_column(String(2048))
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime)
+    lease_owner: Mapped[str | None] = mapped_column(String(64), default=None)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime, default=None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "event_id": self.event_id,
+            "task_id": self.task_id,
+            "user_email": self.user_email,
+            "channel": self.channel,
+            "recipient": self.recipient,
+            "status": self.status,
+            "attempts": self.attempts,
+            "next_attempt_at": isoformat(self.next_attempt_at) if self.status in ("pending", "retrying") else None,
+            "last_error": self.last_error,
+            "created_at": isoformat(self.created_at),
+            "sent_at": isoformat(self.sent_at),
+        }
+
+
+class TaskNotFound(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class Outbox:
+    """Where the notifications of an event go: (channel, recipient) pairs; None means the task's email."""
+
+    targets: tuple[tuple[str, str | None], ...]
+
+
+def encode_cursor(row_id: int) -> str:
+    return base64.urlsafe_b64encode(str(row_id).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    """Turn an opaque cursor back into a row id; ValueError when it is not one of ours."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        value = int(base64.urlsafe_b64decode(padded.encode()).decode())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError("invalid cursor") from exc
+    if value < 0:
+        raise ValueError("invalid cursor")
+    return value
+
+
+class Store:
+    """The database of one app: its engine, short read and write sessions, and task changes."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        self.engine = _create_engine(url)
+        self._write_lock = threading.Lock()
+
+    def create_schema(self) -> None:
+        Base.metadata.create_all(self.engine)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A session for reads; its objects stay usable after it closes."""
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A write transaction, committed on exit; serialized in this process."""
+        with self._write_lock, self.write_unlocked() as session:
+            yield session
+
+    # -- task changes -------------------------------------------------------
+
+    def change_task(
+        self,
+        task_id: str,
+        fields: dict[str, Any],
+        *,
+        mode: str,
+        outbox: Outbox,
+        after_commit: Callable[[Event], None],
+    ) -> tuple[dict[str, Any], Event, bool]:
+        """Apply a change and record its event and notifications; return (task, event, created).
+
+        mode: "upsert" creates the task or changes the given fields, "replace"
+        sets every field (creating the task if new), "patch" changes the given
+        fields of an existing task (TaskNotFound otherwise).
+        after_commit runs once the transaction is committed, before the next
+        write begins, so events reach it in id order.
+        """
+        with self._write_lock:
+            with self.write_unlocked() as session:
+                task = session.scalar(select(Task).where(Task.task_id == task_id))
+                created = task is None
+                if created and mode == "patch":
+                    raise TaskNotFound(task_id)
+                now = utcnow()
+                if task is None:
+                    task = Task(task_id=task_id, title="", description="", status="open", created_at=now)
+                    session.add(task)
+                for name, value in fields.items():
+                    setattr(task, name, value)
+                task.updated_at = now
+                task_dict = task.to_dict()
+                kind = "task.created" if created else "task.updated"
+                event_ = _record_event(session, kind, task_dict, now, outbox)
+            after_commit(event_)
+        return task_dict, event_, created
+
+    def delete_task(self, task_id: str, *, outbox: Outbox, after_commit: Callable[[Event], None]) -> Event:
+        """Delete a task and record a task.deleted event carrying its last state."""
+        with self._write_lock:
+            with self.write_unlocked() as session:
+                task = session.scalar(select(Task).where(Task.task_id == task_id))
+                if task is None:
+                    raise TaskNotFound(task_id)
+                task_dict = task.to_dict()
+                session.delete(task)
+                event_ = _record_event(session, "task.deleted", task_dict, utcnow(), outbox)
+            after_commit(event_)
+        return event_
+
+    @contextmanager
+    def write_unlocked(self) -> Iterator[Session]:
+        """A write transaction for a caller that already holds the write lock."""
+        bind = self.engine.execution_options(sqlite_begin="IMMEDIATE") if self.is_sqlite else self.engine
+        with Session(bind, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    # -- reads ---------------------------------------------------------------
+
+    def get_task(self, task_id: str) -> dict[str, Any] | None:
+        with self.read() as session:
+            task = session.scalar(select(Task).where(Task.task_id == task_id))
+            return None if task is None else task.to_dict()
+
+    def list_tasks(
+        self, *, user_email: str | None, status: str | None, limit: int, after_row: int
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of tasks in creation order, and the cursor of the next page (None at the end)."""
+        query = select(Task).where(Task.id > after_row).order_by(Task.id).limit(limit + 1)
+        if user_email is not None:
+            query = query.where(Task.user_email == user_email)
+        if status is not None:
+            query = query.where(Task.status == status)
+        with self.read() as session:
+            rows = list(session.scalars(query))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        cursor = encode_cursor(rows[-1].id) if more else None
+        return [row.to_dict() for row in rows], cursor
+
+    def events_after(
+        self,
+        after_id: int,
+        *,
+        task_ids: frozenset[str] | None = None,
+        user_email: str | None = None,
+        until_id: int | None = None,
+        limit: int = 1000,
+    ) -> list[Event]:
+        """Events with ids above after_id (and at most until_id), oldest first."""
+        query = (
+            select(EventRow.id, EventRow.task_id, EventRow.user_email, EventRow.payload)
+            .where(EventRow.id > after_id)
+            .order_by(EventRow.id)
+            .limit(limit)
+        )
+        if until_id is not None:
+            query = query.where(EventRow.id <= until_id)
+        if task_ids:
+            query = query.where(EventRow.task_id.in_(task_ids))
+        if user_email is not None:
+            query = query.where(EventRow.user_email == user_email)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [Event(id=r[0], task_id=r[1], user_email=r[2], data=r[3]) for r in rows]
+
+    def last_event_id(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.scalar(select(func.max(EventRow.id))) or 0
+
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+
+
+def _record_event(
+    session: Session, kind: str, task: dict[str, Any], now: datetime, outbox: Outbox
+) -> Event:
+    row = EventRow(type=kind, task_id=task["task_id"], user_email=task["user_email"], occurred_at=now, payload="")
+    session.add(row)
+    session.flush()  # assigns the id, which the payload carries
+    payload = {"id": row.id, "type": kind, "task_id": task["task_id"], "task": task, "occurred_at": isoformat(now)}
+    row.payload = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    for channel, recipient in outbox.targets:
+        session.add(
+            Notification(
+                event_id=row.id,
+                task_id=task["task_id"],
+                user_email=task["user_email"],
+                channel=channel,
+                recipient=recipient or task["user_email"],
+                status="pending",
+                attempts=0,
+                next_attempt_at=now,
+                created_at=now,
+            )
+        )
+    return row.to_event()
+
+
+def _create_engine(url: str) -> Engine:
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    engine = create_engine(
+        url,
+        connect_args={"check_same_thread": False, "timeout": 30},
+        pool_size=10,
+        max_overflow=40,
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # pysqlite's own transaction handling defers BEGIN and cannot do IMMEDIATE;
+        # autocommit at the driver level lets the begin hook below say what it means.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN " + conn.get_execution_options().get("sqlite_begin", "DEFERRED"))
+
+    return engine
+
+
+def default_url(instance_path: str) -> str:
+    os.makedirs(instance_path, exist_ok=True)
+    return "sqlite:///" + os.path.join(instance_path, "tasks.db")
+
+
+def init_app(app: Flask) -> Store:
+    """Create the app's store from DATABASE_URL (default: SQLite in the instance folder) and its schema."""
+    url = app.config.get("DATABASE_URL") or default_url(app.instance_path)
+    store = Store(url)
+    store.create_schema()
+    app.extensions["store"] = store
+    return store

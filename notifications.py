@@ -1,0 +1,299 @@
+"""The outbox worker pool: claim due notifications, deliver them, retry, give up.
+
+Delivery is at least once. Claiming a row takes a lease (its next_attempt_at
+moves to the end of the lease and the claimer's token is written on it); a
+worker that dies mid-delivery leaves the row to become due again when the
+lease runs out, so nothing is lost across a crash, and a receiver may see a
+notification twice (the email's Message-ID is the same each time).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import random
+import threading
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from flask import Flask
+from sqlalchemy import select, update
+from sqlalchemy.exc import SQLAlchemyError
+
+from channels import Channel, Delivery, DeliveryError, build_channels
+from db import EventRow, Notification, Store, utcnow
+
+logger = logging.getLogger(__name__)
+
+CLAIM_BATCH = 5
+_DUE = ("pending", "retrying")
+
+
+class WorkerState(enum.Enum):
+    CREATED = "created"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 8
+    base_seconds: float = 5.0
+    max_seconds: float = 3600.0
+
+    def delay(self, attempt: int) -> float:
+        """Exponential backoff with full jitter: a random wait up to base * 2^(attempt-1), capped."""
+        ceiling = min(self.max_seconds, self.base_seconds * 2 ** (attempt - 1))
+        return random.uniform(ceiling / 2, ceiling)
+
+
+class NotificationWorker:
+    """A pool of named threads that drain the outbox through the configured channels."""
+
+    def __init__(
+        self,
+        store: Store,
+        channels: Mapping[str, Channel],
+        *,
+        workers: int = 4,
+        policy: RetryPolicy | None = None,
+        lease_seconds: float = 60.0,
+        poll_seconds: float = 1.0,
+    ) -> None:
+        self.store = store
+        self.channels = dict(channels)
+        self.workers = workers
+        self.policy = policy or RetryPolicy()
+        self.lease = timedelta(seconds=lease_seconds)
+        self.poll_seconds = poll_seconds
+        self.state = WorkerState.CREATED
+        self._token = uuid.uuid4().hex  # this pool's name on the leases it holds
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._state_lock = threading.Lock()
+        self._next_due: datetime | None = None
+
+    def start(self) -> None:
+        with self._state_lock:
+            if self.state is not WorkerState.CREATED:
+                raise RuntimeError(f"cannot start a worker pool that is {self.state.value}")
+            self.state = WorkerState.RUNNING
+        for number in range(1, self.workers + 1):
+            thread = threading.Thread(target=self._run, name=f"notify-worker-{number}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def wake(self) -> None:
+        """Tell the workers that work is waiting (called after a commit that wrote outbox rows)."""
+        self._wake.set()
+
+    def stop(self, timeout: float | None = 10.0) -> None:
+        """Stop claiming, let in-flight deliveries finish within timeout, release the rest; idempotent."""
+        with self._state_lock:
+            if self.state in (WorkerState.STOPPING, WorkerState.STOPPED):
+                return
+            was_running = self.state is WorkerState.RUNNING
+            self.state = WorkerState.STOPPING
+        self._stopping.set()
+        self._wake.set()
+        if was_running:
+            for thread in self._threads:
+                thread.join(timeout)
+            stuck = [t.name for t in self._threads if t.is_alive()]
+            if stuck:
+                logger.warning("still delivering at stop, their leases will expire: %s", ", ".join(stuck))
+        self.state = WorkerState.STOPPED
+
+    # -- the loop ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.clear()
+            try:
+                batch = self.claim_due(CLAIM_BATCH)
+            except SQLAlchemyError:
+                logger.exception("claiming notifications failed")
+                self._stopping.wait(self.poll_seconds)
+                continue
+            if batch:
+                self._deliver_batch(batch)
+                continue
+            self._wake.wait(self._idle_timeout())
+
+    def _idle_timeout(self) -> float:
+        next_due = self._next_due
+        if next_due is None:
+            return self.poll_seconds
+        return max(0.0, min(self.poll_seconds, (next_due - utcnow()).total_seconds()))
+
+    def _deliver_batch(self, batch: list[Delivery]) -> None:
+        for index, delivery in enumerate(batch):
+            if self._stopping.is_set():
+                self.release([d.notification_id for d in batch[index:]])
+                return
+            self.deliver(delivery)
+
+    def deliver(self, delivery: Delivery) -> None:
+        """Send one claimed notification and record the outcome."""
+        channel = self.channels.get(delivery.channel)
+        try:
+            if channel is None:
+                raise DeliveryError(f"channel {delivery.channel!r} is not configured here", retryable=True)
+            channel.send(delivery)
+        except DeliveryError as exc:
+            logger.warning(
+                "notification %s via %s failed (attempt %s): %s",
+                delivery.notification_id, delivery.channel, delivery.attempt, exc,
+            )
+            self._record_failure(delivery, str(exc), retryable=exc.retryable)
+        except Exception as exc:  # a bug in a channel must not kill the worker or lose the row
+            logger.exception("notification %s via %s crashed", delivery.notification_id, delivery.channel)
+            self._record_failure(delivery, f"{type(exc).__name__}: {exc}", retryable=True)
+        else:
+            self._record_success(delivery)
+
+    # -- the outbox table ----------------------------------------------------------
+
+    def claim_due(self, limit: int) -> list[Delivery]:
+        """Lease up to limit due notifications to this pool, oldest due first."""
+        now = utcnow()
+        with self.store.write() as session:
+            ids = list(
+                session.scalars(
+                    select(Notification.id)
+                    .where(Notification.status.in_(_DUE), Notification.next_attempt_at <= now)
+                    .order_by(Notification.next_attempt_at, Notification.id)
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
+                )
+            )
+            if not ids:
+                return []
+            session.execute(
+                update(Notification)
+                .where(Notification.id.in_(ids))
+                .values(next_attempt_at=now + self.lease, lease_owner=self._token,
+                        attempts=Notification.attempts + 1)
+            )
+            rows = session.execute(
+                select(Notification.id, Notification.channel, Notification.recipient,
+                       Notification.attempts, EventRow.payload)
+                .join(EventRow, EventRow.id == Notification.event_id)
+                .where(Notification.id.in_(ids))
+                .order_by(Notification.id)
+            ).all()
+        return [
+            Delivery(notification_id=r[0], channel=r[1], recipient=r[2], attempt=r[3], event=json.loads(r[4]))
+            for r in rows
+        ]
+
+    def release(self, ids: list[int]) -> None:
+        """Give back claimed rows that were never attempted, due at once."""
+        if not ids:
+            return
+        with self.store.write() as session:
+            session.execute(
+                update(Notification)
+                .where(Notification.id.in_(ids), Notification.lease_owner == self._token)
+                .values(next_attempt_at=utcnow(), lease_owner=None, attempts=Notification.attempts - 1)
+            )
+
+    def _record_success(self, delivery: Delivery) -> None:
+        now = utcnow()
+        self._finish(delivery, status="sent", sent_at=now, last_error=None)
+
+    def _record_failure(self, delivery: Delivery, error: str, *, retryable: bool) -> None:
+        if not retryable or delivery.attempt >= self.policy.max_attempts:
+            self._finish(delivery, status="dead", last_error=error)
+            logger.error("notification %s is dead after %s attempts: %s",
+                         delivery.notification_id, delivery.attempt, error)
+            return
+        due = utcnow() + timedelta(seconds=self.policy.delay(delivery.attempt))
+        self._finish(delivery, status="retrying", next_attempt_at=due, last_error=error)
+        if self._next_due is None or due < self._next_due or self._next_due < utcnow():
+            self._next_due = due
+
+    def _finish(self, delivery: Delivery, **values: Any) -> None:
+        # Only the lease holder may settle a row: if our lease ran out and another
+        # worker took the row, its outcome is the one that counts.
+        with self.store.write() as session:
+            session.execute(
+                update(Notification)
+                .where(Notification.id == delivery.notification_id, Notification.lease_owner == self._token)
+                .values(lease_owner=None, **values)
+            )
+
+
+def retry_dead(store: Store, notification_id: int) -> dict[str, Any] | None:
+    """Make a dead notification due again with a fresh attempt count; None if there is no such row.
+
+    Raises ValueError when the notification is not dead.
+    """
+    with store.write() as session:
+        row = session.get(Notification, notification_id)
+        if row is None:
+            return None
+        if row.status != "dead":
+            raise ValueError(f"notification {notification_id} is {row.status}, only dead ones are retried")
+        row.status = "pending"
+        row.attempts = 0
+        row.next_attempt_at = utcnow()
+        row.lease_owner = None
+        session.flush()
+        return row.to_dict()
+
+
+def get_notification(store: Store, notification_id: int) -> dict[str, Any] | None:
+    with store.read() as session:
+        row = session.get(Notification, notification_id)
+        return None if row is None else row.to_dict()
+
+
+def list_notifications(
+    store: Store, *, task_id: str | None, status: str | None, user_email: str | None, limit: int, after_row: int
+) -> tuple[list[dict[str, Any]], int | None]:
+    """A page of notifications, newest last, and the id to continue after (None at the end)."""
+    query = select(Notification).where(Notification.id > after_row).order_by(Notification.id).limit(limit + 1)
+    if task_id is not None:
+        query = query.where(Notification.task_id == task_id)
+    if status is not None:
+        query = query.where(Notification.status == status)
+    if user_email is not None:
+        query = query.where(Notification.user_email == user_email)
+    with store.read() as session:
+        rows = list(session.scalars(query))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return [row.to_dict() for row in rows], (rows[-1].id if more else None)
+
+
+def outbox_targets(channels: Mapping[str, Channel], config: Mapping[str, Any]) -> tuple[tuple[str, str | None], ...]:
+    """(channel, recipient) for each configured channel; None stands for the task's user_email."""
+    recipients = {"email": None, "log": "log", "webhook": config.get("WEBHOOK_URL")}
+    return tuple((name, recipients.get(name)) for name in channels)
+
+
+def init_app(app: Flask, store: Store) -> NotificationWorker:
+    """Build the app's channels and worker pool; the pool starts only when asked (see app.py)."""
+    config = app.config
+    channels = build_channels(config)
+    worker = NotificationWorker(
+        store,
+        channels,
+        workers=config["NOTIFY_WORKERS"],
+        policy=RetryPolicy(
+            max_attempts=config["NOTIFY_MAX_ATTEMPTS"],
+            base_seconds=config["NOTIFY_BACKOFF_SECONDS"],
+            max_seconds=config["NOTIFY_BACKOFF_MAX_SECONDS"],
+        ),
+        lease_seconds=config["NOTIFY_LEASE_SECONDS"],
+        poll_seconds=config["NOTIFY_POLL_SECONDS"],
+    )
+    app.extensions["notifications"] = worker
+    return worker

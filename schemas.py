@@ -1,0 +1,83 @@
+"""Request validation: pydantic models for every body and query string the API accepts."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints
+
+TaskId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+Title = Annotated[str, StringConstraints(max_length=200)]
+Description = Annotated[str, StringConstraints(max_length=10_000)]
+
+
+class TaskStatus(StrEnum):
+    open = "open"
+    in_progress = "in_progress"
+    done = "done"
+    cancelled = "cancelled"
+
+
+class NotificationStatus(StrEnum):
+    pending = "pending"
+    retrying = "retrying"
+    sent = "sent"
+    dead = "dead"
+
+
+class _Body(BaseModel):
+    # Unknown keys are refused, so a misspelt field is a 422, not silently ignored.
+    model_config = ConfigDict(extra="forbid")
+
+
+class TaskUpdate(_Body):
+    """POST /update_task: create the task if new, otherwise change the fields given."""
+
+    task_id: TaskId
+    user_email: EmailStr
+    title: Title | None = None
+    status: TaskStatus | None = None
+    description: Description | None = None
+
+
+class TaskReplace(_Body):
+    """PUT /tasks/<task_id>: the whole task; fields left out take their defaults."""
+
+    user_email: EmailStr
+    title: Title = ""
+    status: TaskStatus = TaskStatus.open
+    description: Description = ""
+
+
+class TaskPatch(_Body):
+    """PATCH /tasks/<task_id>: only the fields given change."""
+
+    user_email: EmailStr | None = None
+    title: Title | None = None
+    status: TaskStatus | None = None
+    description: Description | None = None
+
+
+class _Query(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TaskListQuery(_Query):
+    user_email: EmailStr | None = None
+    status: TaskStatus | None = None
+    limit: int = Field(50, ge=1, le=200)
+    cursor: str | None = None
+
+
+class EventListQuery(_Query):
+    after: int = Field(0, ge=0)
+    limit: int = Field(100, ge=1, le=1000)
+
+
+class NotificationListQuery(_Query):
+    task_id: TaskId | None = None
+    status: NotificationStatus | None = None
+    limit: int = Field(50, ge=1, le=200)
+    cursor: str | None = None
+

@@ -1,0 +1,297 @@
+"""The live streams: Server-Sent Events on /task_updates and Socket.IO `task_update` events.
+
+Both read the same event log and the same broker. A client that gives the id
+of the last event it saw gets every later event once, in order: first the
+missed ones from the `events` table, then live ones, with no gap between the
+two and no duplicate.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, request, stream_with_context
+from flask_socketio import ConnectionRefusedError as SocketIORefused
+from flask_socketio import SocketIO
+
+from auth import EVERYONE, Viewer, current_viewer
+from broker import Broker, Event, SubscriptionClosed
+from db import Store
+from errors import APIError
+
+logger = logging.getLogger(__name__)
+
+REPLAY_BATCH = 1000
+_TASK_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+bp = Blueprint("streams", __name__)
+
+
+def parse_event_id(value: Any, name: str) -> int | None:
+    """An event id given by a client, or None when absent; APIError(422) when it is not one."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        value = None
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = -1
+    if number < 0:
+        raise APIError(422, f"{name} must be a non-negative integer event id",
+                       details=[{"field": name, "message": "not a non-negative integer"}])
+    return number
+
+
+def parse_task_ids(values: list[str]) -> frozenset[str] | None:
+    bad = [v for v in values if not _TASK_ID.match(v)]
+    if bad:
+        raise APIError(422, "task_id must be 1-64 letters, digits, '.', '_' or '-'",
+                       details=[{"field": "task_id", "message": f"invalid task id {v!r}"} for v in bad])
+    return frozenset(values) or None
+
+
+def sse_frame(event: Event) -> bytes:
+    return f"id: {event.id}\ndata: {event.data}\n\n".encode()
+
+
+def _visible(event: Event, viewer: Viewer, task_ids: frozenset[str] | None) -> bool:
+    return (task_ids is None or event.task_id in task_ids) and viewer.may_see(event.user_email)
+
+
+def replay(store: Store, after_id: int, viewer: Viewer, task_ids: frozenset[str] | None,
+           until_id: int | None = None) -> Iterator[Event]:
+    """Events after after_id from the log, in id order, read in batches."""
+    while True:
+        batch = store.events_after(after_id, task_ids=task_ids, user_email=viewer.only_email,
+                                   until_id=until_id, limit=REPLAY_BATCH)
+        yield from batch
+        if len(batch) < REPLAY_BATCH:
+            return
+        after_id = batch[-1].id
+
+
+def sse_events(store: Store, broker: Broker, *, after_id: int | None, viewer: Viewer,
+               task_ids: frozenset[str] | None, heartbeat: float, retry_ms: int) -> Iterator[bytes]:
+    """The byte stream of one SSE response: retry line, replay, then live events and heartbeats."""
+    # Subscribe before reading the log: an event committed after the read is then
+    # in the queue, and the id check below drops what the read already sent.
+    subscription = broker.subscribe(lambda event: _visible(event, viewer, task_ids))
+    try:
+        yield f"retry: {retry_ms}\n: connected\n\n".encode()
+        last_id = after_id
+        if after_id is not None:
+            for event in replay(store, after_id, viewer, task_ids):
+                yield sse_frame(event)
+                last_id = event.id
+        while True:
+            try:
+                event = subscription.get(timeout=heartbeat)
+            except SubscriptionClosed as closed:
+                logger.info("SSE stream ended: %s", closed.reason)
+                return
+            if event is None:
+                yield b": heartbeat\n\n"
+            elif last_id is None or event.id > last_id:
+                yield sse_frame(event)
+                last_id = event.id
+    finally:
+        subscription.close()
+
+
+@bp.get("/task_updates")
+def task_updates() -> Response:
+    """Server-Sent Events: every visible event, resumable with Last-Event-ID."""
+    streams: StreamHub = current_app.extensions["streams"]
+    after_id = parse_event_id(request.headers.get("Last-Event-ID"), "Last-Event-ID")
+    if after_id is None:
+        after_id = parse_event_id(request.args.get("last_event_id"), "last_event_id")
+    task_ids = parse_task_ids(request.args.getlist("task_id"))
+    viewer = current_viewer()
+    config = current_app.config
+    body = sse_events(streams.store, streams.broker, after_id=after_id, viewer=viewer, task_ids=task_ids,
+                      heartbeat=config["SSE_HEARTBEAT_SECONDS"], retry_ms=config["SSE_RETRY_MS"])
+    return Response(
+        stream_with_context(body),
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@dataclass
+class _Client:
+    viewer: Viewer
+    task_ids: set[str] = field(default_factory=set)
+    attached: bool = False
+
+
+class StreamHub:
+    """Relays broker events to Socket.IO rooms, one emit per event for all its clients.
+
+    Rooms: "all" holds the clients that watch every task; "task:<id>" those that
+    subscribed to chosen tasks. Per-user filtering joins a "user:<email>" room.
+    """
+
+    def __init__(self, socketio: SocketIO, store: Store, broker: Broker) -> None:
+        self.socketio = socketio
+        self.store = store
+        self.broker = broker
+        self._lock = threading.Lock()
+        self._clients: dict[str, _Client] = {}
+        self._position = 0  # the id of the last event emitted to the rooms
+        self._stopping = threading.Event()
+        self._started = False
+
+    def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        subscription = self.broker.subscribe()
+        self._position = self.store.last_event_id()
+        self.socketio.start_background_task(self._pump, subscription)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def _pump(self, subscription: Any) -> None:
+        while not self._stopping.is_set():
+            try:
+                event = subscription.get(timeout=1.0)
+            except SubscriptionClosed:
+                # We fell behind (or the broker closed): catch up from the log, then resubscribe.
+                subscription = self.broker.subscribe()
+                with self._lock:
+                    for missed in replay(self.store, self._position, EVERYONE, None):
+                        self._emit(missed)
+                continue
+            if event is None:
+                continue
+            with self._lock:
+                if event.id > self._position:
+                    self._emit(event)
+        subscription.close()
+
+    def _emit(self, event: Event) -> None:
+        rooms = ["all", f"task:{event.task_id}"]
+        self.socketio.emit("task_update", json.loads(event.data), to=rooms)
+        self._position = event.id
+
+    # -- clients -------------------------------------------------------------
+
+    def connect(self, sid: str, viewer: Viewer, last_event_id: int | None) -> None:
+        with self._lock:
+            self._clients[sid] = _Client(viewer=viewer)
+        if last_event_id is None:
+            self._attach(sid, None)
+        else:
+            # Replay after the connect handler has returned, so the client has its CONNECT packet first.
+            self.socketio.start_background_task(self._attach, sid, last_event_id)
+
+    def _attach(self, sid: str, last_event_id: int | None) -> None:
+        with self._lock:
+            client = self._clients.get(sid)
+            if client is None:
+                return  # gone before we got to it
+            if last_event_id is not None:
+                task_ids = frozenset(client.task_ids) or None
+                for event in replay(self.store, last_event_id, client.viewer, task_ids, until_id=self._position):
+                    self.socketio.emit("task_update", json.loads(event.data), to=sid)
+            for room in self._rooms(client):
+                self.socketio.server.enter_room(sid, room)
+            client.attached = True
+
+    def disconnect(self, sid: str) -> None:
+        with self._lock:
+            self._clients.pop(sid, None)
+
+    def subscribe(self, sid: str, task_id: str) -> list[str]:
+        """Watch only chosen tasks: the first subscribe leaves the all-tasks room."""
+        return self._change(sid, lambda ids: ids.add(task_id))
+
+    def unsubscribe(self, sid: str, task_id: str) -> list[str]:
+        """Stop watching a task; with none left the client watches all tasks again."""
+        return self._change(sid, lambda ids: ids.discard(task_id))
+
+    def _change(self, sid: str, change: Any) -> list[str]:
+        with self._lock:
+            client = self._clients[sid]
+            before = self._rooms(client) if client.attached else set()
+            change(client.task_ids)
+            if client.attached:
+                after = self._rooms(client)
+                for room in before - after:
+                    self.socketio.server.leave_room(sid, room)
+                for room in after - before:
+                    self.socketio.server.enter_room(sid, room)
+            return sorted(client.task_ids)
+
+    @staticmethod
+    def _rooms(client: _Client) -> set[str]:
+        if client.task_ids:
+            return {f"task:{task_id}" for task_id in client.task_ids}
+        return {"all"}
+
+    @property
+    def client_count(self) -> int:
+        return len(self._clients)
+
+
+def init_app(app: Flask, store: Store, broker: Broker) -> SocketIO:
+    """Create the app's Socket.IO server and stream hub, and register the SSE route."""
+    allowed = set(app.config["CORS_ORIGINS"])
+
+    def origin_allowed(origin: str | None, environ: dict[str, Any]) -> bool:
+        if origin is None:
+            return True  # not a browser: no cross-origin question
+        own = f"{environ.get('wsgi.url_scheme', 'http')}://{environ.get('HTTP_HOST', '')}"
+        return origin == own or origin in allowed
+
+    socketio = SocketIO(
+        app,
+        async_mode=app.config["ASYNC_MODE"],
+        cors_allowed_origins=origin_allowed,
+        logger=False,
+        engineio_logger=False,
+    )
+    hub = StreamHub(socketio, store, broker)
+    app.extensions["streams"] = hub
+
+    @socketio.on("connect")
+    def on_connect(auth: Any = None) -> None:
+        auth = auth if isinstance(auth, dict) else {}
+        try:
+            last_event_id = parse_event_id(auth.get("last_event_id"), "last_event_id")
+        except APIError as exc:
+            raise SocketIORefused({"message": exc.message, "code": exc.code}) from None
+        hub.connect(request.sid, current_viewer(), last_event_id)  # type: ignore[attr-defined]
+
+    @socketio.on("disconnect")
+    def on_disconnect(reason: Any = None) -> None:
+        hub.disconnect(request.sid)  # type: ignore[attr-defined]
+
+    def _task_id(data: Any) -> str | None:
+        task_id = data.get("task_id") if isinstance(data, dict) else None
+        return task_id if isinstance(task_id, str) and _TASK_ID.match(task_id) else None
+
+    @socketio.on("subscribe")
+    def on_subscribe(data: Any = None) -> dict[str, Any]:
+        task_id = _task_id(data)
+        if task_id is None:
+            return {"ok": False, "error": "task_id must be 1-64 letters, digits, '.', '_' or '-'"}
+        return {"ok": True, "task_id": task_id, "subscriptions": hub.subscribe(request.sid, task_id)}  # type: ignore[attr-defined]
+
+    @socketio.on("unsubscribe")
+    def on_unsubscribe(data: Any = None) -> dict[str, Any]:
+        task_id = _task_id(data)
+        if task_id is None:
+            return {"ok": False, "error": "task_id must be 1-64 letters, digits, '.', '_' or '-'"}
+        return {"ok": True, "task_id": task_id, "subscriptions": hub.unsubscribe(request.sid, task_id)}  # type: ignore[attr-defined]
+
+    app.register_blueprint(bp)
+    return socketio
