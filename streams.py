@@ -77,12 +77,14 @@ def replay(store: Store, after_id: int, viewer: Viewer, task_ids: frozenset[str]
         after_id = batch[-1].id
 
 
-def sse_events(store: Store, broker: Broker, *, after_id: int | None, viewer: Viewer,
+def sse_events(hub: StreamHub, *, after_id: int | None, viewer: Viewer,
                task_ids: frozenset[str] | None, heartbeat: float, retry_ms: int) -> Iterator[bytes]:
     """The byte stream of one SSE response: retry line, replay, then live events and heartbeats."""
+    store = hub.store
     # Subscribe before reading the log: an event committed after the read is then
     # in the queue, and the id check below drops what the read already sent.
-    subscription = broker.subscribe(lambda event: _visible(event, viewer, task_ids))
+    subscription = hub.broker.subscribe(lambda event: _visible(event, viewer, task_ids))
+    hub.count_sse(+1)
     try:
         yield f"retry: {retry_ms}\n: connected\n\n".encode()
         last_id = after_id
@@ -103,6 +105,7 @@ def sse_events(store: Store, broker: Broker, *, after_id: int | None, viewer: Vi
                 last_id = event.id
     finally:
         subscription.close()
+        hub.count_sse(-1)
 
 
 @bp.get("/task_updates")
@@ -115,7 +118,7 @@ def task_updates() -> Response:
     task_ids = parse_task_ids(request.args.getlist("task_id"))
     viewer = current_viewer()
     config = current_app.config
-    body = sse_events(streams.store, streams.broker, after_id=after_id, viewer=viewer, task_ids=task_ids,
+    body = sse_events(streams, after_id=after_id, viewer=viewer, task_ids=task_ids,
                       heartbeat=config["SSE_HEARTBEAT_SECONDS"], retry_ms=config["SSE_RETRY_MS"])
     return Response(
         stream_with_context(body),
@@ -147,6 +150,16 @@ class StreamHub:
         self._position = 0  # the id of the last event emitted to the rooms
         self._stopping = threading.Event()
         self._started = False
+        self._sse_open = 0
+
+    def count_sse(self, change: int) -> None:
+        with self._lock:
+            self._sse_open += change
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Open streams by transport."""
+        return {"sse": self._sse_open, "socketio": len(self._clients)}
 
     def start(self) -> None:
         if self._started:
@@ -236,10 +249,6 @@ class StreamHub:
         if client.task_ids:
             return {f"task:{task_id}" for task_id in client.task_ids}
         return {"all"}
-
-    @property
-    def client_count(self) -> int:
-        return len(self._clients)
 
 
 def init_app(app: Flask, store: Store, broker: Broker) -> SocketIO:

@@ -197,5 +197,5 @@ def retry_notification(notification_id: int) -> ResponseReturnValue:
 
 @bp.get("/healthz")
 def healthz() -> ResponseReturnValue:
-    """Liveness: the process answers."""
-    return jsonify({"status": "ok"})
+    """Liveness: the process answers; with the number of open streams."""
+    return jsonify({"status": "ok", "streams": current_app.extensions["streams"].counts})

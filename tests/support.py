@@ -1,0 +1,262 @@
+"""Test helpers: a live server subprocess, a real SMTP server, SSE and Socket.IO clients, waits."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import requests
+import socketio
+from aiosmtpd.controller import Controller
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, message: str = "condition") -> Any:
+    """Return predicate()'s first truthy value, checking often; fail after timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(0.01)
+
+
+# -- the server ------------------------------------------------------------------
+
+
+@dataclass
+class LiveServer:
+    """`python app.py` (eventlet, as users run it) in a subprocess on a free port."""
+
+    env: dict[str, str]
+    log_path: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> LiveServer:
+        env = {**os.environ, **self.env, "PORT": str(self.port), "HOST": "127.0.0.1", "PYTHONUNBUFFERED": "1"}
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        self.process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=log)
+        log.close()
+
+        def ready() -> bool:
+            if self.process is not None and self.process.poll() is not None:
+                raise AssertionError(f"server exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                return requests.get(self.url + "/healthz", timeout=1).status_code == 200
+            except requests.ConnectionError:
+                return False
+
+        wait_for(ready, timeout, "the server to answer /healthz")
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int | None:
+        """Send sig and wait for the exit; kill -9 if it does not come. Returns the exit status."""
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"server ignored signal {sig} for {timeout}s:\n{self.log()}") from None
+
+    def kill9(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def post(self, path: str, body: Any, **kwargs: Any) -> requests.Response:
+        return requests.post(self.url + path, json=body, timeout=10, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        return requests.get(self.url + path, timeout=10, **kwargs)
+
+
+# -- SMTP --------------------------------------------------------------------------
+
+
+class RecordingSMTPHandler:
+    """An aiosmtpd handler that records messages; it can be slow, refuse with 4xx, or hold DATA."""
+
+    def __init__(self) -> None:
+        self.messages: list[EmailMessage] = []
+        self.recipients: list[list[str]] = []
+        self.delay = 0.0
+        self.temporary_failures = 0  # answer 451 to this many DATA commands first
+        self.gate = threading.Event()  # DATA waits for it (set: open)
+        self.gate.set()
+        self.data_started = 0
+        self._lock = threading.Lock()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        with self._lock:
+            self.data_started += 1
+        while not self.gate.is_set():
+            await asyncio.sleep(0.01)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        with self._lock:
+            if self.temporary_failures > 0:
+                self.temporary_failures -= 1
+                return "451 4.3.0 Try again later"
+            message = email.message_from_bytes(envelope.content, policy=email.policy.default)
+            self.messages.append(message)  # type: ignore[arg-type]
+            self.recipients.append(list(envelope.rcpt_tos))
+        return "250 OK"
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.messages)
+
+
+class SMTPServer:
+    def __init__(self) -> None:
+        self.handler = RecordingSMTPHandler()
+        self.port = free_port()
+        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
+
+    def start(self) -> SMTPServer:
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        self.handler.gate.set()
+        self.controller.stop()
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(self.port), "MAIL_FROM": "tasks@notify.test"}
+
+
+# -- stream clients ----------------------------------------------------------------
+
+
+class SSEClient:
+    """Reads /task_updates over a real HTTP connection in a thread and keeps what arrives."""
+
+    def __init__(self, url: str, headers: dict[str, str] | None = None) -> None:
+        self.url = url
+        self.headers = headers or {}
+        self.events: list[dict[str, Any]] = []
+        self.ids: list[int] = []
+        self.comments: list[str] = []
+        self.retry: int | None = None
+        self.status: int | None = None
+        self.response_headers: dict[str, str] = {}
+        self.closed = threading.Event()
+        self.error: BaseException | None = None
+        self._response: requests.Response | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> SSEClient:
+        self._thread.start()
+        wait_for(lambda: self.status is not None or self.closed.is_set(), 10, "the SSE response")
+        return self
+
+    def _run(self) -> None:
+        try:
+            with requests.get(self.url, headers=self.headers, stream=True, timeout=(5, 60)) as response:
+                self._response = response
+                self.response_headers = dict(response.headers)
+                self.status = response.status_code
+                buffer = b""
+                for chunk in response.raw.stream(None, decode_content=False):
+                    buffer += chunk
+                    while b"\n\n" in buffer:
+                        block, buffer = buffer.split(b"\n\n", 1)
+                        self._parse(block.decode())
+        except Exception as exc:  # noqa: BLE001 - the test reads it
+            self.error = exc
+        finally:
+            self.closed.set()
+
+    def _parse(self, block: str) -> None:
+        data, event_id = [], None
+        for line in block.split("\n"):
+            name, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if name == "":
+                self.comments.append(value)
+            elif name == "id":
+                event_id = int(value)
+            elif name == "data":
+                data.append(value)
+            elif name == "retry":
+                self.retry = int(value)
+        if data:
+            payload = json.loads("\n".join(data))
+            assert event_id == payload["id"], "the id: line must match the payload's id"
+            self.events.append(payload)
+            self.ids.append(event_id)
+
+    def wait_for_events(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+        wait_for(lambda: len(self.events) >= count, timeout, f"{count} SSE events (have {len(self.events)})")
+        return self.events
+
+    def close(self) -> None:
+        if self._response is not None:
+            try:
+                self._response.raw._fp.fp.raw._sock.shutdown(socket.SHUT_RDWR)  # unblock the reader
+            except (AttributeError, OSError):
+                pass
+            self._response.close()
+        self._thread.join(5)
+
+
+class SocketIOClient:
+    """python-socketio's client over websocket, keeping every task_update it receives."""
+
+    def __init__(self, url: str, auth: dict[str, Any] | None = None) -> None:
+        self.url = url
+        self.auth = auth
+        self.events: list[dict[str, Any]] = []
+        self.client = socketio.Client(reconnection=False)
+        self.client.on("task_update", self.events.append)
+
+    def connect(self) -> SocketIOClient:
+        self.client.connect(self.url, auth=self.auth, transports=["websocket"], wait_timeout=10)
+        return self
+
+    @property
+    def ids(self) -> list[int]:
+        return [e["id"] for e in self.events]
+
+    def wait_for_events(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+        wait_for(lambda: len(self.events) >= count, timeout, f"{count} Socket.IO events (have {len(self.events)})")
+        return self.events
+
+    def call(self, event: str, data: Any) -> Any:
+        return self.client.call(event, data, timeout=10)
+
+    def close(self) -> None:
+        self.client.disconnect()

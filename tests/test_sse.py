@@ -1,0 +1,121 @@
+"""Server-Sent Events against the real eventlet server over real sockets."""
+
+from __future__ import annotations
+
+import socket
+
+from support import SSEClient, wait_for
+
+
+def post(server, task_id: str, **fields):
+    response = server.post("/update_task", {"task_id": task_id, "user_email": "test@example.com", **fields})
+    assert response.status_code == 200, response.text
+    return response.json()["event_id"]
+
+
+def test_headers_retry_line_and_each_event_once_in_order(live_server):
+    sse = SSEClient(live_server.url + "/task_updates").start()
+    assert sse.status == 200
+    assert sse.response_headers["Content-Type"].startswith("text/event-stream")
+    assert sse.response_headers["Cache-Control"] == "no-cache"
+    assert sse.response_headers["X-Accel-Buffering"] == "no"
+    ids = [post(live_server, str(n % 3), title=f"update {n}") for n in range(12)]
+    events = sse.wait_for_events(12)
+    assert sse.retry is not None
+    assert sse.ids == ids  # once each, in order
+    assert events[0]["type"] == "task.created" and events[3]["type"] == "task.updated"
+    assert events[4]["task"]["title"] == "update 4"
+    sse.close()
+
+
+def test_a_small_event_arrives_unbuffered(live_server):
+    """eventlet holds streamed output back until 4 KiB gather unless told not to: a real socket shows it."""
+    with socket.create_connection(("127.0.0.1", live_server.port), timeout=5) as sock:
+        sock.sendall(b"GET /task_updates HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        received = b""
+        while b"retry:" not in received:
+            received += sock.recv(4096)  # times out (fails) if the server buffers
+        event_id = post(live_server, "small")
+        while f"id: {event_id}".encode() not in received:
+            received += sock.recv(4096)
+    assert len(received) < 4096
+
+
+def test_resume_after_disconnect_has_no_gap_and_no_duplicate(live_server):
+    first = SSEClient(live_server.url + "/task_updates").start()
+    before = [post(live_server, "r", title=str(n)) for n in range(5)]
+    first.wait_for_events(5)
+    first.close()
+    missed = [post(live_server, "r", title=f"missed {n}") for n in range(7)]
+    resumed = SSEClient(live_server.url + "/task_updates", headers={"Last-Event-ID": str(before[-1])}).start()
+    resumed.wait_for_events(7)
+    after = [post(live_server, "r", title=f"live {n}") for n in range(3)]
+    resumed.wait_for_events(10)
+    assert resumed.ids == missed + after
+    by_query = SSEClient(live_server.url + f"/task_updates?last_event_id={before[1]}").start()
+    by_query.wait_for_events(len(before) - 2 + len(missed) + len(after))
+    assert by_query.ids == before[2:] + missed + after
+    resumed.close()
+    by_query.close()
+
+
+def test_resume_while_events_are_being_published(live_server):
+    """Events committed during the replay are neither lost nor sent twice."""
+    base = post(live_server, "busy")
+    for n in range(300):
+        post(live_server, "busy", title=str(n))
+    import threading
+
+    stop = threading.Event()
+    posted: list[int] = []
+
+    def keep_posting() -> None:
+        while not stop.is_set() and len(posted) < 200:
+            posted.append(post(live_server, "busy", title="during"))
+
+    writer = threading.Thread(target=keep_posting)
+    writer.start()
+    wait_for(lambda: len(posted) >= 5)
+    client = SSEClient(live_server.url + "/task_updates", headers={"Last-Event-ID": str(base)}).start()
+    wait_for(lambda: len(posted) >= 60, 30)
+    stop.set()
+    writer.join()
+    last = posted[-1]
+    wait_for(lambda: client.ids and client.ids[-1] == last, 20, "the last posted event")
+    assert client.ids == list(range(base + 1, last + 1))
+    client.close()
+
+
+def test_task_id_filter(live_server):
+    sse = SSEClient(live_server.url + "/task_updates?task_id=a&task_id=c").start()
+    ids = {t: post(live_server, t) for t in "abcd"}
+    sse.wait_for_events(2)
+    post(live_server, "a", title="again")
+    sse.wait_for_events(3)
+    assert sse.ids[:2] == [ids["a"], ids["c"]]
+    assert {e["task_id"] for e in sse.events} == {"a", "c"}
+    sse.close()
+
+
+def test_heartbeat_comments_arrive(start_server):
+    server = start_server(SSE_HEARTBEAT_SECONDS="0.2")
+    sse = SSEClient(server.url + "/task_updates").start()
+    wait_for(lambda: sse.comments.count("heartbeat") >= 2, 10, "two heartbeats")
+    sse.close()
+
+
+def test_disconnected_clients_are_freed(start_server):
+    server = start_server(SSE_HEARTBEAT_SECONDS="0.2")
+    def open_streams() -> int:
+        return server.get("/healthz").json()["streams"]["sse"]
+
+    clients = [SSEClient(server.url + "/task_updates").start() for _ in range(5)]
+    wait_for(lambda: open_streams() == 5)
+    for client in clients:
+        client.close()
+    wait_for(lambda: open_streams() == 0, 10, "closed streams to be freed")
+    probe = SSEClient(server.url + "/task_updates").start()
+    event_id = post(server, "after")
+    probe.wait_for_events(1)
+    assert probe.ids == [event_id]
+    probe.close()

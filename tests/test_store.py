@@ -1,0 +1,117 @@
+"""The store: one transaction for task, event and outbox rows; growing event ids; concurrent writers."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from sqlalchemy import func, select
+
+from db import EventRow, Notification, Outbox, Store, Task, decode_cursor, encode_cursor
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    store.create_schema()
+    yield store
+    store.dispose()
+
+
+EMAIL_AND_LOG = Outbox(targets=(("email", None), ("log", "log")))
+
+
+def rows(store: Store) -> tuple[int, int, int]:
+    with store.read() as session:
+        return tuple(session.scalar(select(func.count()).select_from(t)) for t in (Task, EventRow, Notification))
+
+
+def test_change_writes_task_event_and_one_outbox_row_per_channel(store):
+    published = []
+    task, event, created = store.change_task("7", {"user_email": "a@example.com", "title": "t"}, mode="upsert",
+                                             outbox=EMAIL_AND_LOG, after_commit=published.append)
+    assert created and task["title"] == "t"
+    assert published == [event]
+    assert rows(store) == (1, 1, 2)
+    with store.read() as session:
+        notes = list(session.scalars(select(Notification).order_by(Notification.id)))
+    assert [(n.channel, n.recipient, n.status, n.event_id) for n in notes] == [
+        ("email", "a@example.com", "pending", event.id),
+        ("log", "log", "pending", event.id),
+    ]
+
+
+class BrokenTargets:
+    """Outbox targets that fail half way: the whole change must roll back."""
+
+    def __iter__(self):
+        yield ("log", "log")
+        raise RuntimeError("disk full")
+
+
+def test_failed_transaction_leaves_nothing(store):
+    published = []
+    with pytest.raises(RuntimeError):
+        store.change_task("7", {"user_email": "a@example.com"}, mode="upsert",
+                          outbox=Outbox(targets=BrokenTargets()), after_commit=published.append)  # type: ignore[arg-type]
+    assert rows(store) == (0, 0, 0)
+    assert published == []
+
+
+def test_event_ids_only_grow_even_after_deletes(store):
+    ids = []
+    for n in range(3):
+        _, event, _ = store.change_task(f"t{n}", {"user_email": "a@example.com"}, mode="upsert",
+                                        outbox=EMAIL_AND_LOG, after_commit=lambda e: None)
+        ids.append(event.id)
+    with store.write() as session:
+        session.execute(Notification.__table__.delete())
+        session.execute(EventRow.__table__.delete().where(EventRow.id == ids[-1]))
+    _, event, _ = store.change_task("t9", {"user_email": "a@example.com"}, mode="upsert",
+                                    outbox=EMAIL_AND_LOG, after_commit=lambda e: None)
+    assert ids == [1, 2, 3] and event.id == 4
+
+
+def test_fifty_concurrent_writers_never_see_database_is_locked(store):
+    errors: list[BaseException] = []
+    published: list[int] = []
+    lock = threading.Lock()
+
+    def record(event):
+        with lock:
+            published.append(event.id)
+
+    def writer(n: int) -> None:
+        try:
+            for i in range(5):
+                store.change_task(f"w{n}", {"user_email": "a@example.com", "title": str(i)}, mode="upsert",
+                                  outbox=EMAIL_AND_LOG, after_commit=record)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert rows(store) == (50, 250, 500)
+    assert published == sorted(published) == list(range(1, 251))  # published in id order
+
+
+def test_replay_reads_after_an_id_with_filters(store):
+    for n in range(6):
+        store.change_task(f"t{n % 3}", {"user_email": f"u{n % 2}@example.com"}, mode="upsert",
+                          outbox=EMAIL_AND_LOG, after_commit=lambda e: None)
+    assert [e.id for e in store.events_after(2)] == [3, 4, 5, 6]
+    assert [e.id for e in store.events_after(0, task_ids=frozenset({"t1"}))] == [2, 5]
+    assert [e.id for e in store.events_after(0, user_email="u1@example.com")] == [2, 4, 6]
+    assert [e.id for e in store.events_after(0, until_id=3, limit=2)] == [1, 2]
+    assert store.last_event_id() == 6
+
+
+def test_cursor_round_trip_and_refusal():
+    assert decode_cursor(encode_cursor(12345)) == 12345
+    for bad in ("!!", "bm90LWEtbnVtYmVy", ""):
+        with pytest.raises(ValueError):
+            decode_cursor(bad)
