@@ -127,10 +127,14 @@ class NotificationWorker:
             self._wake.wait(self._idle_timeout())
 
     def _idle_timeout(self) -> float:
-        next_due = self._next_due
+        """Wait until the next retry this pool scheduled is due, or at most the poll interval."""
+        next_due, now = self._next_due, utcnow()
         if next_due is None:
             return self.poll_seconds
-        return max(0.0, min(self.poll_seconds, (next_due - utcnow()).total_seconds()))
+        if next_due <= now:
+            self._next_due = None  # due now: claim once more, then back to polling
+            return 0.0
+        return min(self.poll_seconds, (next_due - now).total_seconds())
 
     def _deliver_batch(self, batch: list[Delivery]) -> None:
         for index, delivery in enumerate(batch):
@@ -216,7 +220,7 @@ class NotificationWorker:
             return
         due = utcnow() + timedelta(seconds=self.policy.delay(delivery.attempt))
         self._finish(delivery, status="retrying", next_attempt_at=due, last_error=error)
-        if self._next_due is None or due < self._next_due or self._next_due < utcnow():
+        if self._next_due is None or due < self._next_due:
             self._next_due = due
 
     def _finish(self, delivery: Delivery, **values: Any) -> None:

@@ -277,7 +277,7 @@ def init_app(app: Flask, store: Store, broker: Broker) -> SocketIO:
         try:
             last_event_id = parse_event_id(auth.get("last_event_id"), "last_event_id")
         except APIError as exc:
-            raise SocketIORefused({"message": exc.message, "code": exc.code}) from None
+            raise SocketIORefused(exc.message, {"code": exc.code}) from None
         hub.connect(request.sid, current_viewer(), last_event_id)  # type: ignore[attr-defined]
 
     @socketio.on("disconnect")

@@ -140,18 +140,25 @@ class RecordingSMTPHandler:
 
 
 class SMTPServer:
+    """aiosmtpd on a fixed free port, which can be stopped (nothing listens) and started again."""
+
     def __init__(self) -> None:
         self.handler = RecordingSMTPHandler()
         self.port = free_port()
-        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
+        self.controller: Controller | None = None
 
     def start(self) -> SMTPServer:
+        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
         self.controller.start()
         return self
 
     def stop(self) -> None:
+        """Stop listening; idempotent."""
         self.handler.gate.set()
-        self.controller.stop()
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller.loop.close()
+            self.controller = None
 
     @property
     def env(self) -> dict[str, str]:
