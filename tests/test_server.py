@@ -1,0 +1,71 @@
+"""The eventlet server as users run it: concurrent writers, many idle streams."""
+
+from __future__ import annotations
+
+import resource
+import selectors
+import socket
+from concurrent.futures import ThreadPoolExecutor
+
+import requests
+
+from support import SSEClient, wait_for
+
+
+def test_fifty_concurrent_writers_all_succeed_with_distinct_ordered_events(live_server, smtp):
+    sse = SSEClient(live_server.url + "/task_updates").start()
+    session = requests.Session()
+
+    def write(n: int) -> list[int]:
+        ids = []
+        with requests.Session() as http:
+            for i in range(4):
+                response = http.post(live_server.url + "/update_task", timeout=30,
+                                     json={"task_id": f"w{n}", "user_email": "test@example.com", "title": str(i)})
+                assert response.status_code == 200, response.text
+                ids.append(response.json()["event_id"])
+        return ids
+
+    with ThreadPoolExecutor(50) as pool:
+        results = list(pool.map(write, range(50)))
+    session.close()
+    all_ids = sorted(i for ids in results for i in ids)
+    assert all_ids == list(range(1, 201))
+    sse.wait_for_events(200, 30)
+    assert sse.ids == all_ids  # the stream sees them in id order
+    wait_for(lambda: smtp.handler.count() == 200, 60, "200 emails")
+    assert "database is locked" not in live_server.log()
+    sse.close()
+
+
+def test_more_than_1024_idle_streams_at_once(start_server):
+    """eventlet accepts 1024 connections by default; the server raises that (and its open-file limit)."""
+    wanted = 1100
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < wanted + 200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, wanted + 500), hard))
+    server = start_server(NOTIFY_WORKERS="1")
+    selector = selectors.DefaultSelector()
+    sockets = []
+    try:
+        for _ in range(wanted):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            sock.sendall(b"GET /task_updates HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            sock.setblocking(False)
+            selector.register(sock, selectors.EVENT_READ, bytearray())
+            sockets.append(sock)
+        greeted: set[int] = set()
+
+        def all_greeted() -> bool:
+            for key, _ in selector.select(timeout=0.5):
+                key.data.extend(key.fileobj.recv(4096))
+                if b"retry:" in key.data:
+                    greeted.add(key.fileobj.fileno())
+            return len(greeted) == wanted
+
+        wait_for(all_greeted, 60, f"{wanted} SSE greetings")
+        assert server.get("/healthz").json()["streams"]["sse"] == wanted
+    finally:
+        for sock in sockets:
+            sock.close()
+        selector.close()
