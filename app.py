@@ -25,6 +25,7 @@ from typing import Any
 from flask import Flask
 from flask_cors import CORS
 
+import auth
 import db
 import errors
 import notifications
@@ -37,7 +38,7 @@ logger = logging.getLogger("app")
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
-    """Build the app: defaults, then the environment, then config; start its workers and stream relay."""
+    """Build the app: defaults, then the environment, then config. Nothing runs until start(app)."""
     settings = load_config()
     settings.setdefault("ASYNC_MODE", "threading")
     settings.update(config or {})
@@ -46,18 +47,30 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
     errors.init_app(app)
-    CORS(app, origins=app.config["CORS_ORIGINS"], expose_headers=["Retry-After"])
+    auth.init_app(app)
+    CORS(
+        app,
+        origins=app.config["CORS_ORIGINS"],
+        allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
+        expose_headers=["Retry-After", "Idempotent-Replayed", "X-RateLimit-Limit", "X-RateLimit-Remaining",
+                        "X-RateLimit-Reset"],
+        always_send=False,
+        max_age=600,
+    )
     store = db.init_app(app)
     broker = InMemoryBroker(app.config["STREAM_QUEUE_SIZE"])
     app.extensions["broker"] = broker
     worker = notifications.init_app(app, store)
     app.extensions["outbox"] = db.Outbox(notifications.outbox_targets(worker.channels, app.config))
     streams.init_app(app, store, broker)
-    app.register_blueprint(tasks_api.bp)
-
-    worker.start()
-    app.extensions["streams"].start()
+    tasks_api.init_app(app)
     return app
+
+
+def start(app: Flask) -> None:
+    """Start the notification workers and the Socket.IO relay (python app.py does; tests may)."""
+    app.extensions["notifications"].start()
+    app.extensions["streams"].start()
 
 
 def shutdown(app: Flask) -> None:
@@ -83,7 +96,11 @@ def main() -> None:
     logging.basicConfig(level=settings["LOG_LEVEL"], format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     mode = os.environ.get("ASYNC_MODE", "eventlet")
     app = create_app({"ASYNC_MODE": mode})
+    start(app)
     socketio = app.extensions["socketio"]
+    if app.config["AUTH_DISABLED"] and settings["HOST"] not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning("AUTH_DISABLED=1 while listening on %s: every machine that reaches this port may read "
+                       "and write every task", settings["HOST"])
     files = raise_open_files_limit(settings["MAX_CONNECTIONS"] + 256)
     if files < settings["MAX_CONNECTIONS"]:
         logger.warning("open-file limit %s is below MAX_CONNECTIONS %s (raise it with ulimit -n)",

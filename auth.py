@@ -1,35 +1,189 @@
-"""Who is asking: the one place where the current user is known.
+"""Who is asking: signed tokens, scopes, and the one place where the current reader is known.
 
-Authentication is not built yet: every request is the anonymous operator,
-who sees everything. Views and streams ask current_viewer() and filter
-through Viewer, so tokens slot in here without touching them.
+Tokens are JWTs signed with HS256 and SECRET_KEY, with the claims `sub` (the
+user's email), `scope` (space-separated scopes) and `exp`. A reader sees only
+the tasks and events whose user_email is its `sub`, unless it has `admin`.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+import jwt
+from flask import Flask, current_app, g, request
+
+from errors import APIError
+
+logger = logging.getLogger(__name__)
+
+SCOPES = ("tasks:write", "tasks:read", "updates:read", "admin")
+ALGORITHM = "HS256"
 
 
 @dataclass(frozen=True)
 class Viewer:
-    """A reader: its email, or None for one who may see every user's tasks."""
+    """A reader: its email (None when auth is off), its scopes, and when its token expires."""
 
     email: str | None
     scopes: frozenset[str] = frozenset()
+    expires_at: float | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.scopes
 
     @property
     def only_email(self) -> str | None:
         """The user_email this viewer is limited to, or None when it sees all."""
-        return None if "admin" in self.scopes else self.email
+        return None if self.is_admin else self.email
 
     def may_see(self, user_email: str) -> bool:
         only = self.only_email
         return only is None or only == user_email
 
+    def has(self, scope: str) -> bool:
+        return self.is_admin or scope in self.scopes
 
+
+# The reader when AUTH_DISABLED=1: everyone may do everything.
 EVERYONE = Viewer(email=None, scopes=frozenset({"admin"}))
 
 
+class TokenError(Exception):
+    """A token that cannot be accepted: missing, malformed, badly signed or expired."""
+
+
+def issue_token(secret: str, user: str, scopes: Iterable[str], expires_in: int = 3600) -> str:
+    now = int(time.time())
+    claims = {"sub": user, "scope": " ".join(scopes), "iat": now, "exp": now + expires_in}
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+def read_token(secret: str, token: str) -> Viewer:
+    """The viewer a token speaks for; TokenError when it is not valid now."""
+    try:
+        claims = jwt.decode(token, secret, algorithms=[ALGORITHM], options={"require": ["sub", "exp", "scope"]})
+    except jwt.ExpiredSignatureError:
+        raise TokenError("the token has expired") from None
+    except jwt.InvalidTokenError as exc:
+        raise TokenError(f"invalid token: {exc}") from None
+    sub, scope = claims["sub"], claims["scope"]
+    if not isinstance(sub, str) or not sub or not isinstance(scope, str):
+        raise TokenError("invalid token: sub and scope must be strings")
+    return Viewer(email=sub, scopes=frozenset(scope.split()), expires_at=float(claims["exp"]))
+
+
+def viewer_for_token(token: str | None) -> Viewer:
+    """Authenticate a raw token under the current app's settings; EVERYONE when auth is off."""
+    if current_app.config["AUTH_DISABLED"]:
+        return EVERYONE
+    if not token:
+        raise TokenError("a bearer token is required")
+    return read_token(current_app.config["SECRET_KEY"], token)
+
+
+def _request_token(allow_query: bool) -> str | None:
+    header = request.headers.get("Authorization", "")
+    if header:
+        kind, _, value = header.partition(" ")
+        if kind.lower() != "bearer" or not value.strip():
+            raise TokenError("the Authorization header must be 'Bearer <token>'")
+        return value.strip()
+    if allow_query:
+        return request.args.get("access_token") or None
+    return None
+
+
+def authenticate(scope: str, *, allow_query_token: bool = False) -> Viewer:
+    """The request's viewer, which must hold scope: APIError 401 without a valid token, 403 without the scope."""
+    try:
+        viewer = viewer_for_token(_request_token(allow_query_token))
+    except TokenError as exc:
+        raise APIError(401, str(exc), headers={"WWW-Authenticate": 'Bearer realm="tasks"'}) from None
+    if not viewer.has(scope):
+        raise APIError(403, f"the token lacks the scope {scope!r}")
+    g.viewer = viewer
+    return viewer
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def requires(scope: str, *, allow_query_token: bool = False) -> Callable[[F], F]:
+    """A view decorator: authenticate the request and require scope before the view runs."""
+
+    def decorate(view: F) -> F:
+        @wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            authenticate(scope, allow_query_token=allow_query_token)
+            return view(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
 def current_viewer() -> Viewer:
-    """The viewer of the current request or Socket.IO connection."""
-    return EVERYONE
+    """The viewer of the current request or Socket.IO connection (set by authenticate)."""
+    return g.get("viewer", EVERYONE if current_app.config["AUTH_DISABLED"] else Viewer(email=None))
+
+
+def rate_limit_key() -> str:
+    """Whom a rate limit counts: the token's user, or the client address without one."""
+    viewer = g.get("viewer")
+    if viewer is not None and viewer.email:
+        return f"user:{viewer.email}"
+    return f"addr:{request.remote_addr}"
+
+
+def ensure_secret_key(app: Flask) -> None:
+    """Use SECRET_KEY, or a random key kept in the instance folder (created with mode 0600 on first use)."""
+    if app.config.get("SECRET_KEY"):
+        return
+    path = os.path.join(app.instance_path, "secret_key")
+    try:
+        with open(path) as file:
+            app.config["SECRET_KEY"] = file.read().strip()
+        return
+    except FileNotFoundError:
+        pass
+    os.makedirs(app.instance_path, exist_ok=True)
+    key = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(key)
+    app.config["SECRET_KEY"] = key
+    logger.warning("SECRET_KEY is not set: created a random one in %s (mode 0600); set SECRET_KEY to share "
+                   "tokens between machines", path)
+
+
+@click.group("token", help="Signed access tokens.")
+def token_cli() -> None:
+    pass
+
+
+@token_cli.command("create")
+@click.option("--user", required=True, help="The user's email: the token's sub.")
+@click.option("--scope", "scopes", multiple=True, required=True, type=click.Choice(SCOPES),
+              help="A scope to grant; repeat for several.")
+@click.option("--expires-in", default=3600, show_default=True, type=click.IntRange(min=1),
+              help="Lifetime in seconds.")
+def create_token(user: str, scopes: tuple[str, ...], expires_in: int) -> None:
+    """Print a token for USER with the given scopes, and nothing else."""
+    click.echo(issue_token(current_app.config["SECRET_KEY"], user, scopes, expires_in))
+
+
+def init_app(app: Flask) -> None:
+    ensure_secret_key(app)
+    if app.config["AUTH_DISABLED"]:
+        logger.warning("AUTH_DISABLED=1: authentication is OFF; anyone who can reach this server may read and "
+                       "write every task. For local demos only.")
+    app.cli.add_command(token_cli)

@@ -61,6 +61,9 @@ SETTINGS: dict[str, tuple[Any, Callable[[str], Any]]] = {
     "MAX_CONNECTIONS": (10000, as_int),
     "MAX_CONTENT_LENGTH": (64 * 1024, as_int),
     "AUTH_DISABLED": (False, as_bool),
+    "RATE_LIMIT_WRITES": ("120 per minute", as_str),
+    "RATE_LIMIT_STORAGE_URI": ("memory://", as_str),
+    "MAX_STREAMS_PER_USER": (20, as_int),
     "LOG_LEVEL": ("INFO", as_str),
 }
 

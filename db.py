@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import Flask
@@ -32,6 +32,7 @@ from sqlalchemy import (
     Index,
     String,
     Text,
+    UniqueConstraint,
     create_engine,
     event,
     func,
@@ -133,6 +134,42 @@ class Notification(Base):
         }
 
 
+class IdempotencyKey(Base):
+    """A write made with an Idempotency-Key header: what it produced, so a retry gets the same answer."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("owner", "key", name="uq_idempotency_owner_key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner: Mapped[str] = mapped_column(String(320))
+    key: Mapped[str] = mapped_column(String(255))
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    event_id: Mapped[int] = mapped_column(ForeignKey("events.id"))
+    created: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+
+
+IDEMPOTENCY_TTL = timedelta(hours=24)
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    """The Idempotency-Key of a write: whose it is, the key, and a hash of the request it came with."""
+
+    owner: str
+    key: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class PriorWrite:
+    """A write already made with the same key: the event it recorded and whether it created the task."""
+
+    fingerprint: str
+    event: dict[str, Any]
+    created: bool
+
+
 class TaskNotFound(LookupError):
     pass
 
@@ -197,12 +234,17 @@ class Store:
         mode: str,
         outbox: Outbox,
         after_commit: Callable[[Event], None],
+        owner: str | None = None,
+        idempotency: Idempotency | None = None,
     ) -> tuple[dict[str, Any], Event, bool]:
         """Apply a change and record its event and notifications; return (task, event, created).
 
         mode: "upsert" creates the task or changes the given fields, "replace"
         sets every field (creating the task if new), "patch" changes the given
         fields of an existing task (TaskNotFound otherwise).
+        owner, when given, must own an existing task (TaskNotFound otherwise).
+        idempotency records the key with the event in the same transaction; a
+        second write with the same key fails on its unique constraint.
         after_commit runs once the transaction is committed, before the next
         write begins, so events reach it in id order.
         """
@@ -210,7 +252,7 @@ class Store:
             with self.write_unlocked() as session:
                 task = session.scalar(select(Task).where(Task.task_id == task_id))
                 created = task is None
-                if created and mode == "patch":
+                if (created and mode == "patch") or (task is not None and owner not in (None, task.user_email)):
                     raise TaskNotFound(task_id)
                 now = utcnow()
                 if task is None:
@@ -222,15 +264,18 @@ class Store:
                 task_dict = task.to_dict()
                 kind = "task.created" if created else "task.updated"
                 event_ = _record_event(session, kind, task_dict, now, outbox)
+                if idempotency is not None:
+                    _record_key(session, idempotency, event_.id, created, now)
             after_commit(event_)
         return task_dict, event_, created
 
-    def delete_task(self, task_id: str, *, outbox: Outbox, after_commit: Callable[[Event], None]) -> Event:
+    def delete_task(self, task_id: str, *, outbox: Outbox, after_commit: Callable[[Event], None],
+                    owner: str | None = None) -> Event:
         """Delete a task and record a task.deleted event carrying its last state."""
         with self._write_lock:
             with self.write_unlocked() as session:
                 task = session.scalar(select(Task).where(Task.task_id == task_id))
-                if task is None:
+                if task is None or owner not in (None, task.user_email):
                     raise TaskNotFound(task_id)
                 task_dict = task.to_dict()
                 session.delete(task)
@@ -244,6 +289,18 @@ class Store:
         bind = self.engine.execution_options(sqlite_begin="IMMEDIATE") if self.is_sqlite else self.engine
         with Session(bind, expire_on_commit=False) as session, session.begin():
             yield session
+
+    def prior_write(self, owner: str, key: str) -> PriorWrite | None:
+        """The unexpired write made by owner with this Idempotency-Key, if any."""
+        query = (
+            select(IdempotencyKey.fingerprint, IdempotencyKey.created, EventRow.payload)
+            .join(EventRow, EventRow.id == IdempotencyKey.event_id)
+            .where(IdempotencyKey.owner == owner, IdempotencyKey.key == key,
+                   IdempotencyKey.created_at > utcnow() - IDEMPOTENCY_TTL)
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else PriorWrite(fingerprint=row[0], created=row[1], event=json.loads(row[2]))
 
     # -- reads ---------------------------------------------------------------
 
@@ -326,6 +383,15 @@ def _record_event(
             )
         )
     return row.to_event()
+
+
+def _record_key(session: Session, idempotency: Idempotency, event_id: int, created: bool, now: datetime) -> None:
+    # Expired keys go first, so a key may be used again after 24 h.
+    session.execute(
+        IdempotencyKey.__table__.delete().where(IdempotencyKey.created_at <= now - IDEMPOTENCY_TTL)
+    )
+    session.add(IdempotencyKey(owner=idempotency.owner, key=idempotency.key, fingerprint=idempotency.fingerprint,
+                               event_id=event_id, created=created, created_at=now))
 
 
 def _create_engine(url: str) -> Engine:

@@ -8,10 +8,13 @@ two and no duplicate.
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import re
 import threading
+import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +23,7 @@ from flask import Blueprint, Flask, Response, current_app, request, stream_with_
 from flask_socketio import ConnectionRefusedError as SocketIORefused
 from flask_socketio import SocketIO
 
-from auth import EVERYONE, Viewer, current_viewer
+from auth import EVERYONE, TokenError, Viewer, authenticate, viewer_for_token
 from broker import Broker, Event, SubscriptionClosed
 from db import Store
 from errors import APIError
@@ -93,12 +96,19 @@ def sse_events(hub: StreamHub, *, after_id: int | None, viewer: Viewer,
                 yield sse_frame(event)
                 last_id = event.id
         while True:
+            timeout = heartbeat
+            if viewer.expires_at is not None:
+                timeout = min(heartbeat, viewer.expires_at - time.time())
+                if timeout <= 0:
+                    return  # the token expired: the client must come back with a new one
             try:
-                event = subscription.get(timeout=heartbeat)
+                event = subscription.get(timeout=timeout)
             except SubscriptionClosed as closed:
                 logger.info("SSE stream ended: %s", closed.reason)
                 return
             if event is None:
+                if viewer.expires_at is not None and viewer.expires_at <= time.time():
+                    return
                 yield b": heartbeat\n\n"
             elif last_id is None or event.id > last_id:
                 yield sse_frame(event)
@@ -112,19 +122,24 @@ def sse_events(hub: StreamHub, *, after_id: int | None, viewer: Viewer,
 def task_updates() -> Response:
     """Server-Sent Events: every visible event, resumable with Last-Event-ID."""
     streams: StreamHub = current_app.extensions["streams"]
+    viewer = authenticate("updates:read", allow_query_token=True)
     after_id = parse_event_id(request.headers.get("Last-Event-ID"), "Last-Event-ID")
     if after_id is None:
         after_id = parse_event_id(request.args.get("last_event_id"), "last_event_id")
     task_ids = parse_task_ids(request.args.getlist("task_id"))
-    viewer = current_viewer()
+    if not streams.acquire(viewer):
+        raise APIError(429, f"at most {streams.max_per_user} streams may be open per user",
+                       headers={"Retry-After": "5"})
     config = current_app.config
     body = sse_events(streams, after_id=after_id, viewer=viewer, task_ids=task_ids,
                       heartbeat=config["SSE_HEARTBEAT_SECONDS"], retry_ms=config["SSE_RETRY_MS"])
-    return Response(
+    response = Response(
         stream_with_context(body),
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+    response.call_on_close(lambda: streams.release(viewer))
+    return response
 
 
 @dataclass
@@ -141,16 +156,37 @@ class StreamHub:
     subscribed to chosen tasks. Per-user filtering joins a "user:<email>" room.
     """
 
-    def __init__(self, socketio: SocketIO, store: Store, broker: Broker) -> None:
+    def __init__(self, socketio: SocketIO, store: Store, broker: Broker, max_per_user: int = 20) -> None:
         self.socketio = socketio
         self.store = store
         self.broker = broker
+        self.max_per_user = max_per_user
+        self._per_user: Counter[str] = Counter()
+        self._expiries: list[tuple[float, str]] = []  # (expires_at, sid), a heap
         self._lock = threading.Lock()
         self._clients: dict[str, _Client] = {}
         self._position = 0  # the id of the last event emitted to the rooms
         self._stopping = threading.Event()
         self._started = False
         self._sse_open = 0
+
+    def acquire(self, viewer: Viewer) -> bool:
+        """Count an opening stream (SSE or Socket.IO) against its user's cap; False when the cap is reached."""
+        if viewer.email is None:
+            return True  # auth is off: there is no user to count
+        with self._lock:
+            if self._per_user[viewer.email] >= self.max_per_user:
+                return False
+            self._per_user[viewer.email] += 1
+            return True
+
+    def release(self, viewer: Viewer) -> None:
+        if viewer.email is None:
+            return
+        with self._lock:
+            self._per_user[viewer.email] -= 1
+            if self._per_user[viewer.email] <= 0:
+                del self._per_user[viewer.email]
 
     def count_sse(self, change: int) -> None:
         with self._lock:
@@ -183,6 +219,7 @@ class StreamHub:
                     for missed in replay(self.store, self._position, EVERYONE, None):
                         self._emit(missed)
                 continue
+            self._disconnect_expired()
             if event is None:
                 continue
             with self._lock:
@@ -191,15 +228,30 @@ class StreamHub:
         subscription.close()
 
     def _emit(self, event: Event) -> None:
-        rooms = ["all", f"task:{event.task_id}"]
+        user = f"user:{event.user_email}/"
+        rooms = ["all", f"task:{event.task_id}", user + "all", f"{user}task:{event.task_id}"]
         self.socketio.emit("task_update", json.loads(event.data), to=rooms)
         self._position = event.id
+
+    def _disconnect_expired(self) -> None:
+        """Close the Socket.IO connections whose token has expired."""
+        now, expired = time.time(), []
+        with self._lock:
+            while self._expiries and self._expiries[0][0] <= now:
+                _, sid = heapq.heappop(self._expiries)
+                if sid in self._clients:
+                    expired.append(sid)
+        for sid in expired:  # outside the lock: disconnecting calls our disconnect handler
+            logger.info("closing Socket.IO connection %s: its token expired", sid)
+            self.socketio.server.disconnect(sid)
 
     # -- clients -------------------------------------------------------------
 
     def connect(self, sid: str, viewer: Viewer, last_event_id: int | None) -> None:
         with self._lock:
             self._clients[sid] = _Client(viewer=viewer)
+            if viewer.expires_at is not None:
+                heapq.heappush(self._expiries, (viewer.expires_at, sid))
         if last_event_id is None:
             self._attach(sid, None)
         else:
@@ -221,7 +273,9 @@ class StreamHub:
 
     def disconnect(self, sid: str) -> None:
         with self._lock:
-            self._clients.pop(sid, None)
+            client = self._clients.pop(sid, None)
+        if client is not None:
+            self.release(client.viewer)
 
     def subscribe(self, sid: str, task_id: str) -> list[str]:
         """Watch only chosen tasks: the first subscribe leaves the all-tasks room."""
@@ -246,9 +300,13 @@ class StreamHub:
 
     @staticmethod
     def _rooms(client: _Client) -> set[str]:
+        # A reader limited to its own tasks joins rooms under its user, so a task
+        # that changes owner is never sent to its former owner.
+        only = client.viewer.only_email
+        prefix = "" if only is None else f"user:{only}/"
         if client.task_ids:
-            return {f"task:{task_id}" for task_id in client.task_ids}
-        return {"all"}
+            return {f"{prefix}task:{task_id}" for task_id in client.task_ids}
+        return {prefix + "all"}
 
 
 def init_app(app: Flask, store: Store, broker: Broker) -> SocketIO:
@@ -268,17 +326,26 @@ def init_app(app: Flask, store: Store, broker: Broker) -> SocketIO:
         logger=False,
         engineio_logger=False,
     )
-    hub = StreamHub(socketio, store, broker)
+    hub = StreamHub(socketio, store, broker, app.config["MAX_STREAMS_PER_USER"])
     app.extensions["streams"] = hub
 
     @socketio.on("connect")
     def on_connect(auth: Any = None) -> None:
         auth = auth if isinstance(auth, dict) else {}
         try:
+            viewer = viewer_for_token(auth.get("token"))
+        except TokenError as exc:
+            raise SocketIORefused(str(exc), {"code": "unauthorized"}) from None
+        if not viewer.has("updates:read"):
+            raise SocketIORefused("the token lacks the scope 'updates:read'", {"code": "forbidden"})
+        try:
             last_event_id = parse_event_id(auth.get("last_event_id"), "last_event_id")
         except APIError as exc:
             raise SocketIORefused(exc.message, {"code": exc.code}) from None
-        hub.connect(request.sid, current_viewer(), last_event_id)  # type: ignore[attr-defined]
+        if not hub.acquire(viewer):
+            raise SocketIORefused(f"at most {hub.max_per_user} streams may be open per user",
+                                  {"code": "rate_limited"})
+        hub.connect(request.sid, viewer, last_event_id)  # type: ignore[attr-defined]
 
     @socketio.on("disconnect")
     def on_disconnect(reason: Any = None) -> None:

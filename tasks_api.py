@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
+from flask_limiter import Limiter
 from pydantic import BaseModel
+from sqlalchemy.exc import IntegrityError
 
 import notifications
-from auth import current_viewer
+from auth import current_viewer, rate_limit_key, requires
 from broker import Event
-from db import Store, TaskNotFound, decode_cursor, encode_cursor
+from db import Idempotency, Store, TaskNotFound, decode_cursor, encode_cursor
 from errors import APIError
 from schemas import EventListQuery, NotificationListQuery, TaskListQuery, TaskPatch, TaskReplace, TaskUpdate
 
 bp = Blueprint("api", __name__)
 
 _TASK_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+WRITE_ENDPOINTS = ("update_task", "replace_task", "patch_task", "delete_task", "retry_notification")
 UPDATE_ACCEPTED = "task updated, notification will be sent asynchronously"
 
 
@@ -78,23 +84,76 @@ def _outbox() -> Any:
     return current_app.extensions["outbox"]
 
 
-def _change(task_id: str, fields: dict[str, Any], mode: str) -> tuple[dict[str, Any], Event, bool]:
+def _owner_checked(user_email: str | None) -> str | None:
+    """The owner a non-admin writer is limited to; 403 when it writes a task for someone else."""
+    owner = current_viewer().only_email
+    if owner is not None and user_email is not None and user_email != owner:
+        raise APIError(403, "a token may only write tasks whose user_email is its own user",
+                       details=[{"field": "user_email", "message": f"must be {owner}"}])
+    return owner
+
+
+def _idempotency() -> Idempotency | None:
+    """The request's Idempotency-Key, with a fingerprint of what it asks, or None."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not _IDEMPOTENCY_KEY.match(key):
+        raise APIError(422, "Idempotency-Key must be 1-255 visible ASCII characters",
+                       details=[{"field": "Idempotency-Key", "message": "invalid key"}])
+    digest = hashlib.sha256(f"{request.method} {request.path}\n".encode() + request.get_data(cache=True))
+    return Idempotency(owner=current_viewer().email or "", key=key, fingerprint=digest.hexdigest())
+
+
+# Builds a write's answer from the task, the event id and whether the task was created.
+Respond = Callable[[dict[str, Any], int, bool], tuple[Response, int]]
+
+
+def _replay(idempotency: Idempotency | None, respond: Respond) -> ResponseReturnValue | None:
+    """The first answer to a write made with this key, or None; 409 when the key came with another request."""
+    prior = _store().prior_write(idempotency.owner, idempotency.key) if idempotency else None
+    if prior is None:
+        return None
+    if prior.fingerprint != idempotency.fingerprint:  # type: ignore[union-attr]
+        raise APIError(409, "this Idempotency-Key was used with a different request", code="idempotency_conflict")
+    body, status = respond(prior.event["task"], prior.event["id"], prior.created)
+    return body, status, {"Idempotent-Replayed": "true"}
+
+
+def _write(task_id: str, fields: dict[str, Any], mode: str, respond: Respond) -> ResponseReturnValue:
+    """Apply a change once per Idempotency-Key: a retry with the same key and body gets the first answer."""
+    owner = _owner_checked(fields.get("user_email"))
+    idempotency = _idempotency()
+    earlier = _replay(idempotency, respond)
+    if earlier is not None:
+        return earlier
     try:
-        return _store().change_task(task_id, fields, mode=mode, outbox=_outbox(), after_commit=_after_commit)
+        task, event, created = _store().change_task(task_id, fields, mode=mode, outbox=_outbox(),
+                                                    after_commit=_after_commit, owner=owner,
+                                                    idempotency=idempotency)
     except TaskNotFound:
         raise APIError(404, f"no task {task_id!r}") from None
+    except IntegrityError:
+        earlier = _replay(idempotency, respond)  # the same key won a race in another process
+        if earlier is None:
+            raise
+        return earlier
+    return respond(task, event.id, created)
 
 
 @bp.post("/update_task")
+@requires("tasks:write")
 def update_task() -> ResponseReturnValue:
     """Create the task or change the fields given; notifications are sent in the background."""
     update = TaskUpdate.model_validate(json_body())
     fields = update.model_dump(exclude={"task_id"}, exclude_none=True, mode="json")
-    task, event, _ = _change(update.task_id, fields, "upsert")
-    return jsonify({"status": UPDATE_ACCEPTED, "task": task, "event_id": event.id})
+    return _write(update.task_id, fields, "upsert",
+                  lambda task, event_id, _: (jsonify({"status": UPDATE_ACCEPTED, "task": task,
+                                                      "event_id": event_id}), 200))
 
 
 @bp.get("/tasks")
+@requires("tasks:read")
 def list_tasks() -> ResponseReturnValue:
     params: TaskListQuery = query(TaskListQuery)
     only = current_viewer().only_email
@@ -110,38 +169,45 @@ def list_tasks() -> ResponseReturnValue:
 
 
 @bp.get("/tasks/<task_id>")
+@requires("tasks:read")
 def get_task(task_id: str) -> ResponseReturnValue:
     return jsonify(visible_task(task_id))
 
 
 @bp.put("/tasks/<task_id>")
+@requires("tasks:write")
 def replace_task(task_id: str) -> ResponseReturnValue:
     """Set every field of the task, creating it if new (201) or replacing it (200)."""
     checked_task_id(task_id)
     body = TaskReplace.model_validate(json_body())
-    task, event, created = _change(task_id, body.model_dump(mode="json"), "replace")
-    return jsonify({"task": task, "event_id": event.id}), 201 if created else 200
+    return _write(task_id, body.model_dump(mode="json"), "replace",
+                  lambda task, event_id, created: (jsonify({"task": task, "event_id": event_id}),
+                                                   201 if created else 200))
 
 
 @bp.patch("/tasks/<task_id>")
+@requires("tasks:write")
 def patch_task(task_id: str) -> ResponseReturnValue:
     checked_task_id(task_id)
     body = TaskPatch.model_validate(json_body())
-    task, event, _ = _change(task_id, body.model_dump(exclude_none=True, mode="json"), "patch")
-    return jsonify({"task": task, "event_id": event.id})
+    return _write(task_id, body.model_dump(exclude_none=True, mode="json"), "patch",
+                  lambda task, event_id, _: (jsonify({"task": task, "event_id": event_id}), 200))
 
 
 @bp.delete("/tasks/<task_id>")
+@requires("tasks:write")
 def delete_task(task_id: str) -> ResponseReturnValue:
     checked_task_id(task_id)
     try:
-        event = _store().delete_task(task_id, outbox=_outbox(), after_commit=_after_commit)
+        event = _store().delete_task(task_id, outbox=_outbox(), after_commit=_after_commit,
+                                     owner=current_viewer().only_email)
     except TaskNotFound:
         raise APIError(404, f"no task {task_id!r}") from None
     return jsonify({"deleted": task_id, "event_id": event.id})
 
 
 @bp.get("/tasks/<task_id>/events")
+@requires("tasks:read")
 def task_events(task_id: str) -> ResponseReturnValue:
     """The task's history, oldest first; page with ?after=<last id seen>."""
     checked_task_id(task_id)
@@ -156,6 +222,7 @@ def task_events(task_id: str) -> ResponseReturnValue:
 
 
 @bp.get("/notifications")
+@requires("tasks:read")
 def list_notifications() -> ResponseReturnValue:
     params: NotificationListQuery = query(NotificationListQuery)
     rows, last = notifications.list_notifications(
@@ -177,11 +244,13 @@ def _visible_notification(notification_id: int) -> dict[str, Any]:
 
 
 @bp.get("/notifications/<int:notification_id>")
+@requires("tasks:read")
 def get_notification(notification_id: int) -> ResponseReturnValue:
     return jsonify(_visible_notification(notification_id))
 
 
 @bp.post("/notifications/<int:notification_id>/retry")
+@requires("tasks:write")
 def retry_notification(notification_id: int) -> ResponseReturnValue:
     """Give a dead notification a fresh set of attempts (409 unless it is dead)."""
     _visible_notification(notification_id)
@@ -199,3 +268,21 @@ def retry_notification(notification_id: int) -> ResponseReturnValue:
 def healthz() -> ResponseReturnValue:
     """Liveness: the process answers; with the number of open streams."""
     return jsonify({"status": "ok", "streams": current_app.extensions["streams"].counts})
+
+
+def init_app(app: Flask) -> Limiter:
+    """Register the API and rate-limit its writes per token (RATE_LIMIT_WRITES)."""
+    app.register_blueprint(bp)
+    limiter = Limiter(
+        rate_limit_key,
+        app=app,
+        storage_uri=app.config["RATE_LIMIT_STORAGE_URI"],
+        headers_enabled=True,
+        strategy="moving-window",
+    )
+    limit = limiter.limit(app.config["RATE_LIMIT_WRITES"])
+    for name in WRITE_ENDPOINTS:
+        endpoint = f"{bp.name}.{name}"
+        app.view_functions[endpoint] = limit(app.view_functions[endpoint])
+    app.extensions["api_limiter"] = limiter
+    return limiter

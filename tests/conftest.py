@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from app import create_app, shutdown  # noqa: E402
-from support import LiveServer, SMTPServer  # noqa: E402
+from support import SECRET, LiveServer, SMTPServer  # noqa: E402
 
 
 @pytest.fixture
@@ -22,7 +22,8 @@ def make_app(tmp_path: Path) -> Iterator[Callable[..., Flask]]:
     apps: list[Flask] = []
 
     def make(**config: Any) -> Flask:
-        settings = {"INSTANCE_PATH": str(tmp_path / f"instance{len(apps)}"), "NOTIFY_WORKERS": 0, **config}
+        settings = {"INSTANCE_PATH": str(tmp_path / f"instance{len(apps)}"), "NOTIFY_WORKERS": 0,
+                    "AUTH_DISABLED": True, "SECRET_KEY": SECRET, "RATE_LIMIT_WRITES": "100000 per minute", **config}
         app = create_app(settings)
         app.config["TESTING"] = True
         apps.append(app)
@@ -61,6 +62,8 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
             "NOTIFY_BACKOFF_SECONDS": "0.05",
             "NOTIFY_POLL_SECONDS": "0.2",
             "LOG_LEVEL": "INFO",
+            "SECRET_KEY": SECRET,
+            "RATE_LIMIT_WRITES": "100000 per minute",
             **{k: str(v) for k, v in env.items()},
         }
         server = LiveServer(env=settings, log_path=tmp_path / f"server{len(servers)}.log")

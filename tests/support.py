@@ -47,14 +47,32 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, message: str =
 # -- the server ------------------------------------------------------------------
 
 
+DEFAULT: Any = object()  # "the server's admin token" where a token may be given
+SECRET = "test-secret-key-that-is-long-enough-for-hs256"
+ALL_SCOPES = ("tasks:write", "tasks:read", "updates:read", "admin")
+
+
+def make_token(user: str = "admin@example.com", scopes: tuple[str, ...] = ALL_SCOPES, expires_in: int = 3600,
+               secret: str = SECRET) -> str:
+    import jwt
+
+    now = int(time.time())
+    return jwt.encode({"sub": user, "scope": " ".join(scopes), "iat": now, "exp": now + expires_in}, secret,
+                      algorithm="HS256")
+
+
 @dataclass
 class LiveServer:
-    """`python app.py` (eventlet, as users run it) in a subprocess on a free port."""
+    """`python app.py` (eventlet, as users run it) in a subprocess on a free port.
+
+    Requests made through it carry an admin token unless told otherwise (token=None sends none).
+    """
 
     env: dict[str, str]
     log_path: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    token: str = field(default_factory=make_token)
 
     @property
     def url(self) -> str:
@@ -95,11 +113,26 @@ class LiveServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def post(self, path: str, body: Any, **kwargs: Any) -> requests.Response:
-        return requests.post(self.url + path, json=body, timeout=10, **kwargs)
+    def _headers(self, token: Any, headers: dict[str, str] | None) -> dict[str, str]:
+        token = self.token if token is DEFAULT else token
+        return {**({"Authorization": f"Bearer {token}"} if token else {}), **(headers or {})}
 
-    def get(self, path: str, **kwargs: Any) -> requests.Response:
-        return requests.get(self.url + path, timeout=10, **kwargs)
+    def post(self, path: str, body: Any, token: Any = DEFAULT, headers: dict[str, str] | None = None,
+             **kwargs: Any) -> requests.Response:
+        return requests.post(self.url + path, json=body, headers=self._headers(token, headers), timeout=10,
+                             **kwargs)
+
+    def get(self, path: str, token: Any = DEFAULT, headers: dict[str, str] | None = None,
+            **kwargs: Any) -> requests.Response:
+        return requests.get(self.url + path, headers=self._headers(token, headers), timeout=10, **kwargs)
+
+    def sse(self, path: str = "/task_updates", token: Any = DEFAULT,
+            headers: dict[str, str] | None = None) -> SSEClient:
+        return SSEClient(self.url + path, headers=self._headers(token, headers)).start()
+
+    def socketio(self, auth: dict[str, Any] | None = None, token: Any = DEFAULT) -> SocketIOClient:
+        token = self.token if token is DEFAULT else token
+        return SocketIOClient(self.url, auth={**({"token": token} if token else {}), **(auth or {})}).connect()
 
 
 # -- SMTP --------------------------------------------------------------------------

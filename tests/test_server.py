@@ -9,16 +9,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
-from support import SSEClient, wait_for
+from support import wait_for
 
 
 def test_fifty_concurrent_writers_all_succeed_with_distinct_ordered_events(live_server, smtp):
-    sse = SSEClient(live_server.url + "/task_updates").start()
-    session = requests.Session()
+    sse = live_server.sse("/task_updates")
 
     def write(n: int) -> list[int]:
         ids = []
         with requests.Session() as http:
+            http.headers["Authorization"] = f"Bearer {live_server.token}"
             for i in range(4):
                 response = http.post(live_server.url + "/update_task", timeout=30,
                                      json={"task_id": f"w{n}", "user_email": "test@example.com", "title": str(i)})
@@ -28,7 +28,6 @@ def test_fifty_concurrent_writers_all_succeed_with_distinct_ordered_events(live_
 
     with ThreadPoolExecutor(50) as pool:
         results = list(pool.map(write, range(50)))
-    session.close()
     all_ids = sorted(i for ids in results for i in ids)
     assert all_ids == list(range(1, 201))
     sse.wait_for_events(200, 30)
@@ -44,13 +43,14 @@ def test_more_than_1024_idle_streams_at_once(start_server):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < wanted + 200:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, wanted + 500), hard))
-    server = start_server(NOTIFY_WORKERS="1")
+    server = start_server(NOTIFY_WORKERS="1", MAX_STREAMS_PER_USER=str(wanted))
+    request = f"GET /task_updates?access_token={server.token} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
     selector = selectors.DefaultSelector()
     sockets = []
     try:
         for _ in range(wanted):
             sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-            sock.sendall(b"GET /task_updates HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            sock.sendall(request)
             sock.setblocking(False)
             selector.register(sock, selectors.EVENT_READ, bytearray())
             sockets.append(sock)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import socketio
 
-from support import SocketIOClient, SSEClient, wait_for
+from support import wait_for
 
 
 def post(server, task_id: str, **fields) -> int:
@@ -15,8 +15,8 @@ def post(server, task_id: str, **fields) -> int:
 
 
 def test_every_event_once_in_order_same_payload_as_sse(live_server):
-    sio = SocketIOClient(live_server.url).connect()
-    sse = SSEClient(live_server.url + "/task_updates").start()
+    sio = live_server.socketio()
+    sse = live_server.sse("/task_updates")
     ids = [post(live_server, str(n % 4), title=f"n{n}") for n in range(20)]
     sio.wait_for_events(20)
     sse.wait_for_events(20)
@@ -30,7 +30,7 @@ def test_every_event_once_in_order_same_payload_as_sse(live_server):
 
 def test_connect_with_last_event_id_replays_then_goes_live(live_server):
     first = [post(live_server, "x", title=str(n)) for n in range(6)]
-    sio = SocketIOClient(live_server.url, auth={"last_event_id": first[2]}).connect()
+    sio = live_server.socketio(auth={"last_event_id": first[2]})
     sio.wait_for_events(3)
     later = [post(live_server, "x", title=f"later {n}") for n in range(4)]
     sio.wait_for_events(7)
@@ -53,7 +53,7 @@ def test_replay_during_publishing_has_no_gap_or_duplicate(live_server):
     writer = threading.Thread(target=keep_posting)
     writer.start()
     wait_for(lambda: len(posted) >= 5)
-    sio = SocketIOClient(live_server.url, auth={"last_event_id": base}).connect()
+    sio = live_server.socketio(auth={"last_event_id": base})
     writer.join()
     last = posted[-1]
     wait_for(lambda: sio.ids and sio.ids[-1] == last, 20, "the last posted event")
@@ -62,7 +62,7 @@ def test_replay_during_publishing_has_no_gap_or_duplicate(live_server):
 
 
 def test_subscribe_and_unsubscribe_are_acknowledged_and_filter(live_server):
-    sio = SocketIOClient(live_server.url).connect()
+    sio = live_server.socketio()
     assert sio.call("subscribe", {"task_id": "a"}) == {"ok": True, "task_id": "a", "subscriptions": ["a"]}
     assert sio.call("subscribe", {"task_id": "b"})["subscriptions"] == ["a", "b"]
     ids = {t: post(live_server, t) for t in "abc"}
@@ -88,14 +88,14 @@ def test_invalid_last_event_id_refuses_the_connection(live_server):
     reasons = []
     client.on("connect_error", reasons.append)
     with pytest.raises(socketio.exceptions.ConnectionError):
-        client.connect(live_server.url, auth={"last_event_id": "yesterday"}, transports=["websocket"],
-                       wait_timeout=5)
+        client.connect(live_server.url, auth={"last_event_id": "yesterday", "token": live_server.token},
+                       transports=["websocket"], wait_timeout=5)
     wait_for(lambda: reasons)
     assert "last_event_id" in reasons[0]["message"] and reasons[0]["data"] == {"code": "validation_failed"}
 
 
 def test_clients_are_counted_and_freed(live_server):
-    clients = [SocketIOClient(live_server.url).connect() for _ in range(3)]
+    clients = [live_server.socketio() for _ in range(3)]
     wait_for(lambda: live_server.get("/healthz").json()["streams"]["socketio"] == 3)
     for client in clients:
         client.close()

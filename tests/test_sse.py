@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from support import SSEClient, wait_for
+from support import wait_for
 
 
 def post(server, task_id: str, **fields):
@@ -14,7 +14,7 @@ def post(server, task_id: str, **fields):
 
 
 def test_headers_retry_line_and_each_event_once_in_order(live_server):
-    sse = SSEClient(live_server.url + "/task_updates").start()
+    sse = live_server.sse("/task_updates")
     assert sse.status == 200
     assert sse.response_headers["Content-Type"].startswith("text/event-stream")
     assert sse.response_headers["Cache-Control"] == "no-cache"
@@ -31,7 +31,7 @@ def test_headers_retry_line_and_each_event_once_in_order(live_server):
 def test_a_small_event_arrives_unbuffered(live_server):
     """eventlet holds streamed output back until 4 KiB gather unless told not to: a real socket shows it."""
     with socket.create_connection(("127.0.0.1", live_server.port), timeout=5) as sock:
-        sock.sendall(b"GET /task_updates HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        sock.sendall(f"GET /task_updates?access_token={live_server.token} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         received = b""
         while b"retry:" not in received:
             received += sock.recv(4096)  # times out (fails) if the server buffers
@@ -42,17 +42,17 @@ def test_a_small_event_arrives_unbuffered(live_server):
 
 
 def test_resume_after_disconnect_has_no_gap_and_no_duplicate(live_server):
-    first = SSEClient(live_server.url + "/task_updates").start()
+    first = live_server.sse("/task_updates")
     before = [post(live_server, "r", title=str(n)) for n in range(5)]
     first.wait_for_events(5)
     first.close()
     missed = [post(live_server, "r", title=f"missed {n}") for n in range(7)]
-    resumed = SSEClient(live_server.url + "/task_updates", headers={"Last-Event-ID": str(before[-1])}).start()
+    resumed = live_server.sse("/task_updates", headers={"Last-Event-ID": str(before[-1])})
     resumed.wait_for_events(7)
     after = [post(live_server, "r", title=f"live {n}") for n in range(3)]
     resumed.wait_for_events(10)
     assert resumed.ids == missed + after
-    by_query = SSEClient(live_server.url + f"/task_updates?last_event_id={before[1]}").start()
+    by_query = live_server.sse(f"/task_updates?last_event_id={before[1]}")
     by_query.wait_for_events(len(before) - 2 + len(missed) + len(after))
     assert by_query.ids == before[2:] + missed + after
     resumed.close()
@@ -76,7 +76,7 @@ def test_resume_while_events_are_being_published(live_server):
     writer = threading.Thread(target=keep_posting)
     writer.start()
     wait_for(lambda: len(posted) >= 5)
-    client = SSEClient(live_server.url + "/task_updates", headers={"Last-Event-ID": str(base)}).start()
+    client = live_server.sse("/task_updates", headers={"Last-Event-ID": str(base)})
     wait_for(lambda: len(posted) >= 60, 30)
     stop.set()
     writer.join()
@@ -87,7 +87,7 @@ def test_resume_while_events_are_being_published(live_server):
 
 
 def test_task_id_filter(live_server):
-    sse = SSEClient(live_server.url + "/task_updates?task_id=a&task_id=c").start()
+    sse = live_server.sse("/task_updates?task_id=a&task_id=c")
     ids = {t: post(live_server, t) for t in "abcd"}
     sse.wait_for_events(2)
     post(live_server, "a", title="again")
@@ -99,7 +99,7 @@ def test_task_id_filter(live_server):
 
 def test_heartbeat_comments_arrive(start_server):
     server = start_server(SSE_HEARTBEAT_SECONDS="0.2")
-    sse = SSEClient(server.url + "/task_updates").start()
+    sse = server.sse("/task_updates")
     wait_for(lambda: sse.comments.count("heartbeat") >= 2, 10, "two heartbeats")
     sse.close()
 
@@ -109,12 +109,12 @@ def test_disconnected_clients_are_freed(start_server):
     def open_streams() -> int:
         return server.get("/healthz").json()["streams"]["sse"]
 
-    clients = [SSEClient(server.url + "/task_updates").start() for _ in range(5)]
+    clients = [server.sse("/task_updates") for _ in range(5)]
     wait_for(lambda: open_streams() == 5)
     for client in clients:
         client.close()
     wait_for(lambda: open_streams() == 0, 10, "closed streams to be freed")
-    probe = SSEClient(server.url + "/task_updates").start()
+    probe = server.sse("/task_updates")
     event_id = post(server, "after")
     probe.wait_for_events(1)
     assert probe.ids == [event_id]
