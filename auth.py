@@ -137,8 +137,12 @@ def current_viewer() -> Viewer:
 
 
 def rate_limit_key() -> str:
-    """Whom a rate limit counts: the token's user, or the client address without one."""
-    viewer = g.get("viewer")
+    """Whom a rate limit counts: the token's user, or the client address without a valid token."""
+    # The limit is checked before the view authenticates, so read the token here.
+    try:
+        viewer = g.get("viewer") or viewer_for_token(_request_token(allow_query=False))
+    except TokenError:
+        viewer = None
     if viewer is not None and viewer.email:
         return f"user:{viewer.email}"
     return f"addr:{request.remote_addr}"

@@ -48,7 +48,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, message: str =
 
 
 DEFAULT: Any = object()  # "the server's admin token" where a token may be given
-SECRET = "test-secret-key-that-is-long-enough-for-hs256"
+SECRET = "test-secret-key-that-is-long-enough-for-hs256-and-for-hs512-too-0123456789"
 ALL_SCOPES = ("tasks:write", "tasks:read", "updates:read", "admin")
 
 
