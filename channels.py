@@ -141,14 +141,3 @@ class EmailChannel:
             raise DeliveryError(f"SMTP {exc.smtp_code}: {reply}", retryable=exc.smtp_code < 500) from exc
         except (smtplib.SMTPException, OSError) as exc:
             raise DeliveryError(f"SMTP connection failed: {exc!r}") from exc
-
-
-def build_channels(config: Mapping[str, Any]) -> dict[str, Channel]:
-    """The channels the configuration asks for: email when SMTP_HOST is set, log otherwise."""
-    channels: dict[str, Channel] = {}
-    if config.get("SMTP_HOST"):
-        channels["email"] = EmailChannel(config)
-    else:
-        channels["log"] = LogChannel()
-    return channels
-

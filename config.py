@@ -47,6 +47,7 @@ SETTINGS: dict[str, tuple[Any, Callable[[str], Any]]] = {
     "MAIL_FROM": ("tasks@localhost", as_str),
     "WEBHOOK_URL": (None, as_str),
     "WEBHOOK_SECRET": (None, as_str),
+    "WEBHOOK_TIMEOUT_SECONDS": (10.0, as_float),
     "CORS_ORIGINS": (["http://localhost:4200", "http://127.0.0.1:4200"], as_list),
     "NOTIFY_WORKERS": (4, as_int),
     "NOTIFY_MAX_ATTEMPTS": (8, as_int),

@@ -24,8 +24,9 @@ from flask import Flask
 from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from channels import Channel, Delivery, DeliveryError, build_channels
+from channels import Channel, Delivery, DeliveryError, EmailChannel, LogChannel
 from db import EventRow, Notification, Store, utcnow
+from webhooks import WebhookChannel
 
 logger = logging.getLogger(__name__)
 
@@ -275,6 +276,18 @@ def list_notifications(
     more = len(rows) > limit
     rows = rows[:limit]
     return [row.to_dict() for row in rows], (rows[-1].id if more else None)
+
+
+def build_channels(config: Mapping[str, Any]) -> dict[str, Channel]:
+    """The configured channels: email when SMTP_HOST is set (log otherwise), and webhook with WEBHOOK_URL."""
+    channels: dict[str, Channel] = {}
+    if config.get("SMTP_HOST"):
+        channels["email"] = EmailChannel(config)
+    else:
+        channels["log"] = LogChannel()
+    if config.get("WEBHOOK_URL"):
+        channels["webhook"] = WebhookChannel(config)
+    return channels
 
 
 def outbox_targets(channels: Mapping[str, Channel], config: Mapping[str, Any]) -> tuple[tuple[str, str | None], ...]:
