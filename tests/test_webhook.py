@@ -258,7 +258,6 @@ def test_a_misconfigured_channel_is_refused_when_built() -> None:
 # -- end to end ---------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=False, reason="wiring pending")
 def test_an_update_reaches_the_webhook_signed(start_server: Callable[..., LiveServer], receiver: Receiver) -> None:
     receiver.statuses = [503]  # the first attempt fails and is retried
     server = start_server(WEBHOOK_URL=receiver.url, WEBHOOK_SECRET=SECRET, WEBHOOK_TIMEOUT_SECONDS="5")
