@@ -1,0 +1,502 @@
+"""The API's OpenAPI 3.1 document, generated from the pydantic models that validate requests.
+
+Request bodies and query parameters come from schemas.py, the models the views
+validate with, so the document cannot drift from what the server accepts.
+The response models below describe what the views return (db.py's to_dict(),
+tasks_api.py, streams.py); tests/test_fuzz.py checks every answer of the live
+server against them. build_spec() documents the URL rules the app really has:
+tests/test_openapi.py fails when a rule has no operation here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from flask import Blueprint, Flask, current_app, jsonify
+from flask.typing import ResponseReturnValue
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, TypeAdapter
+from pydantic.json_schema import models_json_schema
+
+import tasks_api
+from schemas import (
+    Description,
+    EventListQuery,
+    NotificationListQuery,
+    NotificationStatus,
+    TaskId,
+    TaskListQuery,
+    TaskPatch,
+    TaskReplace,
+    TaskStatus,
+    TaskUpdate,
+    Title,
+)
+
+OPENAPI_VERSION = "3.1.0"
+API_VERSION = "0.1.0"
+REF_TEMPLATE = "#/components/schemas/{model}"
+SCOPES = {
+    "tasks:write": "create, change and delete one's own tasks; retry notifications",
+    "tasks:read": "read one's own tasks, their history and their notifications",
+    "updates:read": "watch one's own tasks' events live (SSE, Socket.IO)",
+    "admin": "all of the above for every user's tasks",
+}
+# Paths of the app that are not part of the API.
+UNDOCUMENTED_PREFIXES = ("/static", "/socket.io")
+
+
+# -- response models -------------------------------------------------------------------
+
+
+class _Response(BaseModel):
+    # A field the server adds is a spec mismatch until it is described here.
+    model_config = ConfigDict(extra="forbid")
+
+
+class Task(_Response):
+    """A task as every endpoint and every event shows it."""
+
+    task_id: TaskId
+    user_email: EmailStr
+    title: Title
+    description: Description
+    status: TaskStatus
+    created_at: datetime
+    updated_at: datetime
+
+
+EventType = Literal["task.created", "task.updated", "task.deleted"]
+
+
+class Event(_Response):
+    """One entry of the event log: the same payload on SSE, Socket.IO, webhooks and the history API."""
+
+    id: int = Field(ge=1, description="Strictly increasing; the resume point of every stream.")
+    type: EventType
+    task_id: TaskId
+    task: Task = Field(description="The task after the change (for task.deleted: its last state).")
+    occurred_at: datetime
+
+
+class Notification(_Response):
+    """One delivery of one event through one channel (the outbox row)."""
+
+    id: int = Field(ge=1)
+    event_id: int = Field(ge=1)
+    task_id: TaskId
+    user_email: EmailStr
+    channel: str = Field(description="email, webhook or log")
+    recipient: str = Field(description="The email address, the webhook URL, or 'log'.")
+    status: NotificationStatus
+    attempts: int = Field(ge=0)
+    next_attempt_at: datetime | None = Field(description="When the next attempt is due (pending, retrying).")
+    last_error: str | None
+    created_at: datetime
+    sent_at: datetime | None
+
+
+class TaskList(_Response):
+    tasks: list[Task]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null on the last page.")
+
+
+class EventList(_Response):
+    events: list[Event]
+    next_after: int | None = Field(description="Pass as ?after= for the next page; null on the last page.")
+
+
+class NotificationList(_Response):
+    notifications: list[Notification]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null on the last page.")
+
+
+class UpdateTaskResponse(_Response):
+    status: Literal["task updated, notification will be sent asynchronously"]
+    task: Task
+    event_id: int = Field(ge=1)
+
+
+class TaskWritten(_Response):
+    task: Task
+    event_id: int = Field(ge=1)
+
+
+class TaskDeleted(_Response):
+    deleted: TaskId
+    event_id: int = Field(ge=1)
+
+
+class StreamCounts(_Response):
+    sse: int = Field(ge=0)
+    socketio: int = Field(ge=0)
+
+
+class Health(_Response):
+    status: Literal["ok"]
+    streams: StreamCounts
+
+
+class ErrorDetail(BaseModel):
+    """What is wrong with one field (other keys may follow)."""
+
+    field: str
+    message: str
+    type: str | None = None
+
+
+class ErrorBody(_Response):
+    code: str = Field(description="Stable, for programs: e.g. validation_failed, not_found, rate_limited.")
+    message: str = Field(description="For people.")
+    details: list[ErrorDetail]
+
+
+class Error(_Response):
+    """Every error answer of the API has this shape."""
+
+    error: ErrorBody
+
+
+REQUEST_MODELS: tuple[type[BaseModel], ...] = (TaskUpdate, TaskReplace, TaskPatch)
+RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
+    Task, Event, Notification, TaskList, EventList, NotificationList, UpdateTaskResponse, TaskWritten,
+    TaskDeleted, Health, Error,
+)
+QUERY_MODELS: tuple[type[BaseModel], ...] = (TaskListQuery, EventListQuery, NotificationListQuery)
+
+
+# -- errors ------------------------------------------------------------------------------
+
+_ERRORS: dict[int, tuple[str, str]] = {
+    400: ("BadRequest", "The body is not valid JSON (code malformed_json)."),
+    401: ("Unauthorized", "No token, or a malformed, badly signed or expired one."),
+    403: ("Forbidden", "The token lacks the scope, or writes a task of another user."),
+    404: ("NotFound", "No such task or notification, or one the token may not see."),
+    409: ("Conflict", "The state forbids it (a notification that is not dead), or the Idempotency-Key came "
+                      "with a different request (code idempotency_conflict)."),
+    413: ("PayloadTooLarge", "The body is larger than MAX_CONTENT_LENGTH."),
+    415: ("UnsupportedMediaType", "The body is not sent as application/json."),
+    422: ("ValidationFailed", "A missing or invalid field or query parameter; details names each one."),
+    429: ("RateLimited", "Too many writes for this token, or too many open streams for this user."),
+    503: ("Unavailable", "Not ready to serve."),
+}
+_HEADERS: dict[int, dict[str, Any]] = {
+    401: {"WWW-Authenticate": {"schema": {"type": "string"}, "description": "Bearer realm=\"tasks\""}},
+    429: {"Retry-After": {"schema": {"type": "string"}, "description": "Seconds to wait before trying again."}},
+}
+
+
+def _error_responses() -> dict[str, Any]:
+    responses = {}
+    for status, (name, description) in _ERRORS.items():
+        response: dict[str, Any] = {
+            "description": description,
+            "content": {"application/json": {"schema": {"$ref": REF_TEMPLATE.format(model="Error")}}},
+        }
+        if status in _HEADERS:
+            response["headers"] = _HEADERS[status]
+        responses[name] = response
+    return responses
+
+
+# -- operations --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Op:
+    """One operation: how it is called and what it answers. Schemas are model names or raw JSON Schema."""
+
+    operation_id: str
+    summary: str
+    tag: str
+    scope: str | None = None  # None: open to everyone
+    query: type[BaseModel] | None = None
+    body: type[BaseModel] | None = None
+    ok: dict[int, tuple[str, Any]] = field(default_factory=dict)  # status -> (description, schema)
+    errors: tuple[int, ...] = ()
+    idempotent_writes: bool = False
+    extra_parameters: tuple[dict[str, Any], ...] = ()
+    media_type: str = "application/json"
+    description: str = ""
+
+
+_BODY_ERRORS = (400, 401, 403, 413, 415, 422, 429)
+_IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "Makes the write safe to retry: a retry with the same key and body gets the stored answer "
+                   "(with `Idempotent-Replayed: true`) and creates no second event or notification; the same key "
+                   "with another body is a 409. Keys are kept 24 hours, per user.",
+    "schema": {"type": "string", "pattern": tasks_api._IDEMPOTENCY_KEY.pattern},
+}
+_REPLAYED = {"Idempotent-Replayed": {"schema": {"type": "string", "enum": ["true"]},
+                                     "description": "Present when this is the stored answer to an earlier "
+                                                    "request with the same Idempotency-Key."}}
+
+_SSE_DESCRIPTION = """\
+A Server-Sent Events stream (`text/event-stream`) that never ends on its own. It opens with a `retry:` line;
+each event is sent as `id: <event id>` and `data: <Event as JSON>` (no `event:` line, so `EventSource.onmessage`
+gets it), and a `: heartbeat` comment comes every SSE_HEARTBEAT_SECONDS. With `Last-Event-ID` (or
+`?last_event_id=`) every later event is replayed in order first, then the stream goes on live, with no gap and no
+duplicate. A reader sees only its own tasks' events unless its token has `admin`. EventSource cannot set
+headers: pass the token as `?access_token=`. The stream ends when the token expires; reconnect with a new one."""
+
+OPERATIONS: dict[tuple[str, str], Op] = {
+    ("/update_task", "POST"): Op(
+        "update_task", "Create or update a task", "tasks", scope="tasks:write", body=TaskUpdate,
+        ok={200: ("The task is stored and its event recorded; notifications are sent in the background.",
+                  "UpdateTaskResponse")},
+        errors=(*_BODY_ERRORS, 409), idempotent_writes=True,
+        description="Creates the task if it is new, otherwise changes the fields given.",
+    ),
+    ("/tasks", "GET"): Op(
+        "list_tasks", "List tasks", "tasks", scope="tasks:read", query=TaskListQuery,
+        ok={200: ("A page of tasks in creation order.", "TaskList")}, errors=(401, 403, 422),
+    ),
+    ("/tasks/<task_id>", "GET"): Op(
+        "get_task", "Get a task", "tasks", scope="tasks:read",
+        ok={200: ("The task.", "Task")}, errors=(401, 403, 404, 422),
+    ),
+    ("/tasks/<task_id>", "PUT"): Op(
+        "replace_task", "Create or replace a task", "tasks", scope="tasks:write", body=TaskReplace,
+        ok={200: ("The task was replaced.", "TaskWritten"), 201: ("The task was created.", "TaskWritten")},
+        errors=(*_BODY_ERRORS, 404, 409), idempotent_writes=True,
+        description="Sets every field; fields left out take their defaults.",
+    ),
+    ("/tasks/<task_id>", "PATCH"): Op(
+        "patch_task", "Change some fields of a task", "tasks", scope="tasks:write", body=TaskPatch,
+        ok={200: ("The task was changed.", "TaskWritten")},
+        errors=(*_BODY_ERRORS, 404, 409), idempotent_writes=True,
+    ),
+    ("/tasks/<task_id>", "DELETE"): Op(
+        "delete_task", "Delete a task", "tasks", scope="tasks:write",
+        ok={200: ("The task was deleted; its task.deleted event carries its last state.", "TaskDeleted")},
+        errors=(401, 403, 404, 422, 429),
+    ),
+    ("/tasks/<task_id>/events", "GET"): Op(
+        "task_events", "A task's history", "tasks", scope="tasks:read", query=EventListQuery,
+        ok={200: ("The task's events, oldest first.", "EventList")}, errors=(401, 403, 404, 422),
+    ),
+    ("/task_updates", "GET"): Op(
+        "task_updates", "Watch events live (Server-Sent Events)", "streams", scope="updates:read",
+        ok={200: ("The event stream.", {"type": "string"})}, errors=(401, 403, 422, 429),
+        media_type="text/event-stream", description=_SSE_DESCRIPTION,
+        extra_parameters=(
+            {"name": "Last-Event-ID", "in": "header", "required": False,
+             "description": "The id of the last event seen: every later one is replayed first.",
+             "schema": {"type": "integer", "minimum": 0}},
+            {"name": "last_event_id", "in": "query", "required": False,
+             "description": "Like the Last-Event-ID header, which wins when both are given.",
+             "schema": {"type": "integer", "minimum": 0}},
+            {"name": "task_id", "in": "query", "required": False, "style": "form", "explode": True,
+             "description": "Only these tasks (repeat for several).",
+             "schema": {"type": "array", "items": TypeAdapter(TaskId).json_schema()}},
+        ),
+    ),
+    ("/notifications", "GET"): Op(
+        "list_notifications", "List notifications and their delivery status", "notifications",
+        scope="tasks:read", query=NotificationListQuery,
+        ok={200: ("A page of notifications, oldest first.", "NotificationList")}, errors=(401, 403, 422),
+    ),
+    ("/notifications/<int:notification_id>", "GET"): Op(
+        "get_notification", "Get a notification", "notifications", scope="tasks:read",
+        ok={200: ("The notification.", "Notification")}, errors=(401, 403, 404),
+    ),
+    ("/notifications/<int:notification_id>/retry", "POST"): Op(
+        "retry_notification", "Retry a dead notification", "notifications", scope="tasks:write",
+        ok={202: ("The notification is pending again, with a fresh set of attempts.", "Notification")},
+        errors=(401, 403, 404, 409, 429),
+    ),
+    ("/healthz", "GET"): Op(
+        "healthz", "Liveness", "service", ok={200: ("The process answers.", "Health")},
+    ),
+    ("/readyz", "GET"): Op(
+        "readyz", "Readiness", "service",
+        ok={200: ("Ready to serve.", {"type": "object", "properties": {"status": {"type": "string"}},
+                                      "required": ["status"]})},
+        errors=(503,),
+    ),
+    ("/metrics", "GET"): Op(
+        "metrics", "Prometheus metrics", "service", ok={200: ("Prometheus text format.", {"type": "string"})},
+        media_type="text/plain",
+    ),
+    ("/openapi.json", "GET"): Op(
+        "openapi", "This document", "service", ok={200: ("The OpenAPI 3.1 document.", {"type": "object"})},
+    ),
+}
+
+_PATH_PARAMETERS: dict[str, dict[str, Any]] = {
+    "task_id": {"description": "1-64 letters, digits, '.', '_' or '-'.", "schema": TypeAdapter(TaskId).json_schema()},
+    "notification_id": {"description": "A notification's id.", "schema": {"type": "integer", "minimum": 0}},
+}
+
+
+def openapi_path(rule: str) -> str:
+    """A werkzeug rule as an OpenAPI path: /tasks/<int:id> -> /tasks/{id}."""
+    parts = []
+    for part in rule.split("/"):
+        if part.startswith("<") and part.endswith(">"):
+            part = "{" + part[1:-1].rpartition(":")[2] + "}"
+        parts.append(part)
+    return "/".join(parts)
+
+
+def documented_rules(app: Flask) -> list[tuple[str, str]]:
+    """(rule, method) of every route of the app that belongs in the document."""
+    found = []
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static" or rule.rule.startswith(UNDOCUMENTED_PREFIXES):
+            continue
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            found.append((rule.rule, method))
+    return found
+
+
+# -- schemas -----------------------------------------------------------------------------
+
+
+def _component_schemas() -> dict[str, Any]:
+    """Every request and response model and what they refer to, keyed by model name."""
+    models = [(model, "validation") for model in REQUEST_MODELS] + [(model, "serialization")
+                                                                     for model in RESPONSE_MODELS]
+    _, top = models_json_schema(models, ref_template=REF_TEMPLATE)  # type: ignore[arg-type]
+    return dict(sorted(top.get("$defs", {}).items()))
+
+
+def _query_parameters(model: type[BaseModel], components: dict[str, Any]) -> list[dict[str, Any]]:
+    """One query parameter per field of a query model, with the field's schema."""
+    schema = model.model_json_schema(ref_template=REF_TEMPLATE)
+    for name, definition in schema.pop("$defs", {}).items():
+        if components.setdefault(name, definition) != definition:
+            raise ValueError(f"two different schemas are named {name}")
+    required = set(schema.get("required", ()))
+    parameters = []
+    for name, prop in schema["properties"].items():
+        prop = dict(prop)
+        prop.pop("title", None)
+        # A query parameter is absent rather than null: drop the null branch of optional fields.
+        options = prop.get("anyOf")
+        if options and {"type": "null"} in options:
+            rest = [option for option in options if option != {"type": "null"}]
+            del prop["anyOf"]
+            prop = {**rest[0], **prop} if len(rest) == 1 else {"anyOf": rest, **prop}
+            if prop.get("default", ...) is None:
+                del prop["default"]
+        parameters.append({"name": name, "in": "query", "required": name in required, "schema": prop})
+    return parameters
+
+
+def _schema(value: Any) -> dict[str, Any]:
+    return {"$ref": REF_TEMPLATE.format(model=value)} if isinstance(value, str) else value
+
+
+def _operation(rule: str, op: Op, components: dict[str, Any]) -> dict[str, Any]:
+    parameters: list[dict[str, Any]] = []
+    for part in rule.split("/"):
+        if part.startswith("<") and part.endswith(">"):
+            name = part[1:-1].rpartition(":")[2]
+            parameters.append({"name": name, "in": "path", "required": True, **_PATH_PARAMETERS[name]})
+    if op.query is not None:
+        parameters += _query_parameters(op.query, components)
+    parameters += op.extra_parameters
+    if op.idempotent_writes:
+        parameters.append(_IDEMPOTENCY_KEY)
+
+    description = op.description
+    if op.scope is None:
+        description = (description + "\n\n" if description else "") + "Open: no token needed."
+    else:
+        description = (description + "\n\n" if description else "") + f"Requires the scope `{op.scope}`."
+    operation: dict[str, Any] = {
+        "operationId": op.operation_id,
+        "summary": op.summary,
+        "description": description,
+        "tags": [op.tag],
+    }
+    if parameters:
+        operation["parameters"] = parameters
+    if op.body is not None:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": _schema(op.body.__name__)}},
+        }
+    responses: dict[str, Any] = {}
+    for status, (text, schema) in op.ok.items():
+        response: dict[str, Any] = {"description": text, "content": {op.media_type: {"schema": _schema(schema)}}}
+        if op.idempotent_writes:
+            response["headers"] = _REPLAYED
+        responses[str(status)] = response
+    for status in sorted(op.errors):
+        responses[str(status)] = {"$ref": f"#/components/responses/{_ERRORS[status][0]}"}
+    operation["responses"] = responses
+    if op.scope is None:
+        operation["security"] = []
+    elif op.media_type == "text/event-stream":
+        operation["security"] = [{"bearerAuth": [op.scope]}, {"accessToken": [op.scope]}]
+    else:
+        operation["security"] = [{"bearerAuth": [op.scope]}]
+    return operation
+
+
+def build_spec(app: Flask) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of every documented route the app has."""
+    components = _component_schemas()
+    paths: dict[str, dict[str, Any]] = {}
+    for rule, method in documented_rules(app):
+        op = OPERATIONS.get((rule, method))
+        if op is None:
+            continue  # tests/test_openapi.py names it
+        paths.setdefault(openapi_path(rule), {})[method.lower()] = _operation(rule, op, components)
+    scopes = "\n".join(f"- `{name}`: {text}" for name, text in SCOPES.items())
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": "Task notification service",
+            "version": API_VERSION,
+            "description": "Task updates, their event log, live streams and notification delivery.\n\n"
+                           "Every error answer is `{\"error\": {\"code\", \"message\", \"details\"}}`.",
+        },
+        "tags": [
+            {"name": "tasks", "description": "Tasks and their history."},
+            {"name": "streams", "description": "Live events (Socket.IO is described in the README)."},
+            {"name": "notifications", "description": "Delivery status of notifications."},
+            {"name": "service", "description": "Health and this document."},
+        ],
+        "security": [{"bearerAuth": []}],
+        "paths": paths,
+        "components": {
+            "schemas": dict(sorted(components.items())),
+            "responses": _error_responses(),
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "`Authorization: Bearer <token>`: a JWT signed with HS256 and SECRET_KEY, with "
+                                   "the claims sub (the user's email), scope (space-separated) and exp. Make one "
+                                   "with `flask --app app token create --user EMAIL --scope SCOPE`. Scopes:\n\n"
+                                   + scopes,
+                },
+                "accessToken": {
+                    "type": "apiKey",
+                    "in": "query",
+                    "name": "access_token",
+                    "description": "The same token as a query parameter, for EventSource (GET /task_updates only).",
+                },
+            },
+        },
+    }
+
+
+bp = Blueprint("openapi", __name__)
+
+
+@bp.get("/openapi.json")
+def openapi_json() -> ResponseReturnValue:
+    """The OpenAPI document (built once per app)."""
+    spec = current_app.extensions.get("openapi")
+    if spec is None:
+        spec = current_app.extensions["openapi"] = build_spec(current_app)
+    return jsonify(spec)
