@@ -1,9 +1,9 @@
 """The task notification service: `create_app()` builds it; `python app.py` serves it.
 
-Run as a script, this module is the entry point of the eventlet server, and
-monkey patching must come before anything else is imported. Imported (by
-`flask --app app`, by tests), it patches nothing and the app runs in
-Flask-SocketIO's threading mode.
+Run as a script, this module is the entry point of the server (eventlet, or
+gevent with ASYNC_MODE=gevent), and monkey patching must come before anything
+else is imported. Imported (by `flask --app app`, by tests), it patches
+nothing and the app runs in Flask-SocketIO's threading mode.
 """
 
 if __name__ == "__main__":
@@ -13,6 +13,10 @@ if __name__ == "__main__":
         import eventlet
 
         eventlet.monkey_patch()
+    elif os.environ.get("ASYNC_MODE") == "gevent":
+        from gevent import monkey
+
+        monkey.patch_all()
 
 import logging
 import os
@@ -31,7 +35,7 @@ import errors
 import notifications
 import streams
 import tasks_api
-from broker import InMemoryBroker
+from broker import Broker, InMemoryBroker, RelayedBroker
 from config import load_config
 
 logger = logging.getLogger("app")
@@ -58,13 +62,24 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         max_age=600,
     )
     store = db.init_app(app)
-    broker = InMemoryBroker(app.config["STREAM_QUEUE_SIZE"])
+    broker = make_broker(app.config, store)
     app.extensions["broker"] = broker
     worker = notifications.init_app(app, store)
     app.extensions["outbox"] = db.Outbox(notifications.outbox_targets(worker.channels, app.config))
     streams.init_app(app, store, broker)
     tasks_api.init_app(app)
+    app.cli.add_command(notifications.worker_command)
     return app
+
+
+def make_broker(config: Mapping[str, Any], store: db.Store) -> Broker:
+    """In-process by default (one process only); with REDIS_URL, shared by every process through Redis."""
+    if not config.get("REDIS_URL"):
+        return InMemoryBroker(config["STREAM_QUEUE_SIZE"])
+    from redis_broker import RedisBroker  # only a scaled-out deployment needs redis installed
+
+    remote = RedisBroker(config["REDIS_URL"], queue_size=config["STREAM_QUEUE_SIZE"])
+    return RelayedBroker(remote, store, config["STREAM_QUEUE_SIZE"])
 
 
 def start(app: Flask) -> None:
@@ -95,6 +110,10 @@ def main() -> None:
     settings = load_config()
     logging.basicConfig(level=settings["LOG_LEVEL"], format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     mode = os.environ.get("ASYNC_MODE", "eventlet")
+    if mode not in ("eventlet", "gevent", "threading"):
+        raise SystemExit(f"ASYNC_MODE must be eventlet, gevent or threading, not {mode!r}")
+    if mode != "threading" and (settings["DATABASE_URL"] or "").startswith(("postgres", "postgresql")):
+        db.cooperative_postgres()
     app = create_app({"ASYNC_MODE": mode})
     start(app)
     socketio = app.extensions["socketio"]

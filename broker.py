@@ -7,11 +7,14 @@ id, which the event log replays.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,3 +121,105 @@ class InMemoryBroker:
     def _remove(self, subscription: Subscription) -> None:
         with self._lock:
             self._subscriptions = tuple(s for s in self._subscriptions if s is not subscription)
+
+
+class BrokerUnavailable(Exception):
+    """The shared broker cannot be reached."""
+
+
+class EventLog(Protocol):
+    def last_event_id(self) -> int: ...
+
+    def events_after(self, after_id: int, *, until_id: int | None = None, limit: int = 1000) -> list[Event]: ...
+
+
+class RelayedBroker:
+    """A broker shared by processes (Redis), relayed into this process in event-id order.
+
+    Events from different processes may cross on the way (process A commits
+    event 10, process B commits 11, B's message arrives first). The store
+    commits events in id order, so when 11 arrives, 10 is already in the event
+    log: the relay reads what it has not seen from the log, publishes locally
+    in order, and skips the late copy. After the shared broker reconnects, the
+    relay catches up from the log the same way, so local readers see no gap.
+    """
+
+    def __init__(self, remote: Broker, log: EventLog, queue_size: int = 1000) -> None:
+        self.remote = remote
+        self.log = log
+        self.local = InMemoryBroker(queue_size)
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def publish(self, event: Event) -> None:
+        self.remote.publish(event)
+
+    def subscribe(self, accepts: Callable[[Event], bool] | None = None) -> Subscription:
+        self.start()
+        return self.local.subscribe(accepts)
+
+    def start(self) -> None:
+        """Start relaying (idempotent; subscribe starts it too)."""
+        with self._lock:
+            if self._thread is not None:
+                return
+            subscription = self.remote.subscribe()
+            position = self.log.last_event_id()
+            self._thread = threading.Thread(target=self._relay, args=(subscription, position),
+                                            name="broker-relay", daemon=True)
+            self._thread.start()
+
+    def _relay(self, subscription: Subscription, position: int) -> None:
+        while not self._stopping.is_set():
+            try:
+                event = subscription.get(timeout=1.0)
+            except SubscriptionClosed as closed:
+                if self._stopping.is_set():
+                    return
+                logger.warning("shared broker subscription closed (%s): catching up from the event log", closed.reason)
+                subscription = self._resubscribe()
+                position = self._catch_up(position, None)
+                continue
+            if event is None or event.id <= position:
+                continue
+            if event.id == position + 1:
+                self.local.publish(event)
+                position = event.id
+            else:
+                position = self._catch_up(position, event.id)
+        subscription.close()
+
+    def _resubscribe(self) -> Subscription:
+        while True:
+            try:
+                return self.remote.subscribe()
+            except BrokerUnavailable:
+                if self._stopping.wait(1.0):
+                    raise
+
+    def _catch_up(self, position: int, until_id: int | None) -> int:
+        """Publish the logged events after position (up to until_id) locally; return the new position."""
+        while True:
+            batch = self.log.events_after(position, until_id=until_id, limit=1000)
+            for event in batch:
+                self.local.publish(event)
+                position = event.id
+            if len(batch) < 1000:
+                return position
+
+    def ping(self) -> None:
+        """Raise BrokerUnavailable when the shared broker cannot be reached."""
+        ping = getattr(self.remote, "ping", None)
+        if ping is not None:
+            ping()
+
+    def close(self) -> None:
+        """Stop relaying and close both brokers; idempotent."""
+        self._stopping.set()
+        self.remote.close()
+        self.local.close()
+
+    @property
+    def subscriber_count(self) -> int:
+        return self.local.subscriber_count

@@ -5,6 +5,10 @@ log and one outbox row per notification channel in a single transaction:
 either all three are there or none. Event ids only grow; they are the ids of
 every stream.
 
+On PostgreSQL, transactions that append events take one advisory lock, so
+events commit in id order across processes: a reader that has seen event N
+has seen every event before it.
+
 On SQLite (the embedded default) writes are serialized in the process by a
 lock and begin with BEGIN IMMEDIATE: SQLite's busy wait is C code that never
 yields to other green threads, so two writers of one eventlet process must
@@ -37,6 +41,7 @@ from sqlalchemy import (
     event,
     func,
     select,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -150,6 +155,7 @@ class IdempotencyKey(Base):
 
 
 IDEMPOTENCY_TTL = timedelta(hours=24)
+EVENT_LOG_LOCK = 0x7461736B  # "task": the advisory lock key of event-writing transactions
 
 
 @dataclass(frozen=True)
@@ -250,6 +256,7 @@ class Store:
         """
         with self._write_lock:
             with self.write_unlocked() as session:
+                self._lock_event_log(session)
                 task = session.scalar(select(Task).where(Task.task_id == task_id))
                 created = task is None
                 if (created and mode == "patch") or (task is not None and owner not in (None, task.user_email)):
@@ -274,6 +281,7 @@ class Store:
         """Delete a task and record a task.deleted event carrying its last state."""
         with self._write_lock:
             with self.write_unlocked() as session:
+                self._lock_event_log(session)
                 task = session.scalar(select(Task).where(Task.task_id == task_id))
                 if task is None or owner not in (None, task.user_email):
                     raise TaskNotFound(task_id)
@@ -282,6 +290,12 @@ class Store:
                 event_ = _record_event(session, "task.deleted", task_dict, utcnow(), outbox)
             after_commit(event_)
         return event_
+
+    def _lock_event_log(self, session: Session) -> None:
+        # Without it, two processes could commit events 11 then 10, and a reader
+        # that saw 11 would never see 10. SQLite's write lock already orders them.
+        if not self.is_sqlite:
+            session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": EVENT_LOG_LOCK})
 
     @contextmanager
     def write_unlocked(self) -> Iterator[Session]:
@@ -396,7 +410,9 @@ def _record_key(session: Session, idempotency: Idempotency, event_id: int, creat
 
 def _create_engine(url: str) -> Engine:
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        if url.startswith("postgres://"):
+            url = "postgresql://" + url[len("postgres://"):]
+        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=30, pool_timeout=30)
     engine = create_engine(
         url,
         connect_args={"check_same_thread": False, "timeout": 30},
@@ -421,6 +437,18 @@ def _create_engine(url: str) -> Engine:
         conn.exec_driver_sql("BEGIN " + conn.get_execution_options().get("sqlite_begin", "DEFERRED"))
 
     return engine
+
+
+def cooperative_postgres() -> None:
+    """Make psycopg2 wait for the server through select(), which eventlet and gevent make cooperative.
+
+    Without it a query blocks the whole process, every green thread with it,
+    until PostgreSQL answers.
+    """
+    import psycopg2.extensions
+    import psycopg2.extras
+
+    psycopg2.extensions.set_wait_callback(psycopg2.extras.wait_select)
 
 
 def default_url(instance_path: str) -> str:

@@ -13,6 +13,7 @@ import enum
 import json
 import logging
 import random
+import signal
 import threading
 import uuid
 from collections.abc import Mapping
@@ -20,10 +21,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from flask import Flask
+import click
+from flask import Flask, current_app
+from flask.cli import with_appcontext
 from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 
+from broker import SubscriptionClosed
 from channels import Channel, Delivery, DeliveryError, EmailChannel, LogChannel
 from db import EventRow, Notification, Store, utcnow
 from webhooks import WebhookChannel
@@ -314,3 +318,49 @@ def init_app(app: Flask, store: Store) -> NotificationWorker:
     )
     app.extensions["notifications"] = worker
     return worker
+
+
+@click.command("worker")
+@click.option("--concurrency", type=click.IntRange(min=1), default=None,
+              help="Worker threads (default NOTIFY_WORKERS).")
+@with_appcontext
+def worker_command(concurrency: int | None) -> None:
+    """Run only the notification workers, until SIGTERM or SIGINT."""
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    worker: NotificationWorker = app.extensions["notifications"]
+    worker.workers = concurrency or max(1, worker.workers)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    worker.start()
+    waker = _wake_on_events(app, worker, stop)
+    click.echo(f"notification workers running: {worker.workers} threads, channels {', '.join(worker.channels)}",
+               err=True)
+    while not stop.wait(1.0):
+        pass
+    click.echo("stopping: finishing deliveries in flight", err=True)
+    worker.stop(app.config["NOTIFY_STOP_GRACE_SECONDS"])
+    if waker is not None:
+        waker.join(2)
+
+
+def _wake_on_events(app: Flask, worker: NotificationWorker, stop: threading.Event) -> threading.Thread | None:
+    """With a shared broker, wake this process's workers on every event another process commits."""
+    if not app.config.get("REDIS_URL"):
+        return None  # no shared broker: the workers' poll (NOTIFY_POLL_SECONDS) finds new rows
+    broker = app.extensions["broker"]
+
+    def relay() -> None:
+        subscription = broker.subscribe()
+        while not stop.is_set():
+            try:
+                if subscription.get(timeout=1.0) is not None:
+                    worker.wake()
+            except SubscriptionClosed:
+                worker.wake()  # events may have passed unseen: look at the outbox now
+                subscription = broker.subscribe()
+        subscription.close()
+
+    thread = threading.Thread(target=relay, name="notify-waker", daemon=True)
+    thread.start()
+    return thread

@@ -230,7 +230,8 @@ class StreamHub:
     def _emit(self, event: Event) -> None:
         user = f"user:{event.user_email}/"
         rooms = ["all", f"task:{event.task_id}", user + "all", f"{user}task:{event.task_id}"]
-        self.socketio.emit("task_update", json.loads(event.data), to=rooms)
+        # ignore_queue: every process relays the ordered event stream to its own clients.
+        self.socketio.emit("task_update", json.loads(event.data), to=rooms, ignore_queue=True)
         self._position = event.id
 
     def _disconnect_expired(self) -> None:
@@ -243,7 +244,7 @@ class StreamHub:
                     expired.append(sid)
         for sid in expired:  # outside the lock: disconnecting calls our disconnect handler
             logger.info("closing Socket.IO connection %s: its token expired", sid)
-            self.socketio.server.disconnect(sid)
+            self.socketio.server.disconnect(sid, ignore_queue=True)
 
     # -- clients -------------------------------------------------------------
 
@@ -266,7 +267,7 @@ class StreamHub:
             if last_event_id is not None:
                 task_ids = frozenset(client.task_ids) or None
                 for event in replay(self.store, last_event_id, client.viewer, task_ids, until_id=self._position):
-                    self.socketio.emit("task_update", json.loads(event.data), to=sid)
+                    self.socketio.emit("task_update", json.loads(event.data), to=sid, ignore_queue=True)
             for room in self._rooms(client):
                 self.socketio.server.enter_room(sid, room)
             client.attached = True
@@ -322,6 +323,7 @@ def init_app(app: Flask, store: Store, broker: Broker) -> SocketIO:
     socketio = SocketIO(
         app,
         async_mode=app.config["ASYNC_MODE"],
+        message_queue=app.config.get("REDIS_URL"),
         cors_allowed_origins=origin_allowed,
         logger=False,
         engineio_logger=False,

@@ -12,11 +12,11 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 from flask_limiter import Limiter
 from pydantic import BaseModel
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 import notifications
 from auth import current_viewer, rate_limit_key, requires
-from broker import Event
+from broker import BrokerUnavailable, Event
 from db import Idempotency, Store, TaskNotFound, decode_cursor, encode_cursor
 from errors import APIError
 from schemas import EventListQuery, NotificationListQuery, TaskListQuery, TaskPatch, TaskReplace, TaskUpdate
@@ -268,6 +268,30 @@ def retry_notification(notification_id: int) -> ResponseReturnValue:
 def healthz() -> ResponseReturnValue:
     """Liveness: the process answers; with the number of open streams."""
     return jsonify({"status": "ok", "streams": current_app.extensions["streams"].counts})
+
+
+@bp.get("/readyz")
+def readyz() -> ResponseReturnValue:
+    """Readiness: the database answers, and the shared broker (Redis) when one is configured."""
+    checks: dict[str, str] = {}
+    try:
+        _store().ping()
+        checks["database"] = "ok"
+    except SQLAlchemyError as exc:
+        checks["database"] = f"unavailable: {exc.__class__.__name__}"
+    if current_app.config.get("REDIS_URL"):
+        try:
+            current_app.extensions["broker"].ping()
+            checks["redis"] = "ok"
+        except BrokerUnavailable as exc:
+            checks["redis"] = f"unavailable: {exc}"
+    down = [name for name, state in checks.items() if state != "ok"]
+    if down:
+        details = [{"component": name, "message": checks[name]} for name in down]
+        body = {"error": {"code": "unavailable", "message": f"not ready: {', '.join(down)} down", "details": details},
+                "checks": checks}
+        return jsonify(body), 503
+    return jsonify({"status": "ready", "checks": checks})
 
 
 def init_app(app: Flask) -> Limiter:
