@@ -207,6 +207,7 @@ class Store:
     """The database of one app: its engine, short read and write sessions, and task changes."""
 
     def __init__(self, url: str) -> None:
+        url = normalize_url(url)
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         self.engine = _create_engine(url)
@@ -408,10 +409,16 @@ def _record_key(session: Session, idempotency: Idempotency, event_id: int, creat
                                event_id=event_id, created=created, created_at=now))
 
 
+def normalize_url(url: str) -> str:
+    """PostgreSQL URLs without a driver get psycopg2, the driver that eventlet and gevent can make cooperative."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg2://" + url[len(prefix):]
+    return url
+
+
 def _create_engine(url: str) -> Engine:
     if not url.startswith("sqlite"):
-        if url.startswith("postgres://"):
-            url = "postgresql://" + url[len("postgres://"):]
         return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=30, pool_timeout=30)
     engine = create_engine(
         url,

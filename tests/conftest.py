@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import os
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,16 +15,47 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from app import create_app, shutdown  # noqa: E402
-from support import SECRET, LiveServer, SMTPServer  # noqa: E402
+from db import normalize_url  # noqa: E402
+from support import SECRET, LiveServer, SMTPServer, require_service  # noqa: E402
+
+# TEST_DATABASE=postgresql runs every test on its own PostgreSQL database (bin/test does, after SQLite).
+TEST_DATABASE = os.environ.get("TEST_DATABASE", "sqlite")
+POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+# TEST_ASYNC_MODE=gevent runs the live servers under gevent instead of eventlet.
+ASYNC_MODE = os.environ.get("TEST_ASYNC_MODE", "eventlet")
 
 
 @pytest.fixture
-def make_app(tmp_path: Path) -> Iterator[Callable[..., Flask]]:
+def database_url(tmp_path: Path) -> Iterator[str]:
+    """A database of this test's own: a SQLite file, or a new PostgreSQL database dropped afterwards."""
+    if TEST_DATABASE != "postgresql":
+        yield f"sqlite:///{tmp_path / 'tasks.db'}"
+        return
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    server = make_url(normalize_url(POSTGRES_URL))
+    require_service(server.host or "127.0.0.1", server.port or 5432, "PostgreSQL")
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+@pytest.fixture
+def make_app(tmp_path: Path, database_url: str) -> Iterator[Callable[..., Flask]]:
     """Build apps on a temporary database (threading mode, in this process); stopped at the end."""
     apps: list[Flask] = []
 
     def make(**config: Any) -> Flask:
         settings = {"INSTANCE_PATH": str(tmp_path / f"instance{len(apps)}"), "NOTIFY_WORKERS": 0,
+                    "DATABASE_URL": database_url,
                     "AUTH_DISABLED": True, "SECRET_KEY": SECRET, "RATE_LIMIT_WRITES": "100000 per minute", **config}
         app = create_app(settings)
         app.config["TESTING"] = True
@@ -52,13 +85,15 @@ def smtp() -> Iterator[SMTPServer]:
 
 
 @pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
+def start_server(tmp_path: Path, database_url: str) -> Iterator[Callable[..., LiveServer]]:
     """Start `python app.py` subprocesses on a temporary instance folder; all are stopped at the end."""
     servers: list[LiveServer] = []
 
     def start(**env: Any) -> LiveServer:
         settings = {
             "INSTANCE_PATH": str(tmp_path / "instance"),
+            "DATABASE_URL": database_url,
+            "ASYNC_MODE": ASYNC_MODE,
             "NOTIFY_BACKOFF_SECONDS": "0.05",
             "NOTIFY_POLL_SECONDS": "0.2",
             "LOG_LEVEL": "INFO",

@@ -19,11 +19,23 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 import socketio
 from aiosmtpd.controller import Controller
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def require_service(host: str, port: int, name: str) -> None:
+    """Skip the test when a service it needs is not listening; under CI=true, fail instead."""
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+    except OSError as exc:
+        message = f"{name} is not reachable on {host}:{port} ({exc}); bin/test starts it, or see the README"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
 
 
 def free_port() -> int:

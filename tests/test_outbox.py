@@ -35,8 +35,8 @@ class RecordingChannel:
 
 
 @pytest.fixture
-def store(tmp_path):
-    store = Store(f"sqlite:///{tmp_path / 'outbox.db'}")
+def store(database_url):
+    store = Store(database_url)
     store.create_schema()
     yield store
     store.dispose()

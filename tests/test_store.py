@@ -11,8 +11,8 @@ from db import EventRow, Notification, Outbox, Store, Task, decode_cursor, encod
 
 
 @pytest.fixture
-def store(tmp_path):
-    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+def store(database_url):
+    store = Store(database_url)
     store.create_schema()
     yield store
     store.dispose()
