@@ -37,6 +37,7 @@ from schemas import (
 OPENAPI_VERSION = "3.1.0"
 API_VERSION = "0.1.0"
 REF_TEMPLATE = "#/components/schemas/{model}"
+MAX_ID = 2**63 - 1  # ids are 64-bit signed integers in every database
 SCOPES = {
     "tasks:write": "create, change and delete one's own tasks; retry notifications",
     "tasks:read": "read one's own tasks, their history and their notifications",
@@ -286,10 +287,10 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         extra_parameters=(
             {"name": "Last-Event-ID", "in": "header", "required": False,
              "description": "The id of the last event seen: every later one is replayed first.",
-             "schema": {"type": "integer", "minimum": 0}},
+             "schema": {"type": "integer", "minimum": 0, "maximum": MAX_ID}},
             {"name": "last_event_id", "in": "query", "required": False,
              "description": "Like the Last-Event-ID header, which wins when both are given.",
-             "schema": {"type": "integer", "minimum": 0}},
+             "schema": {"type": "integer", "minimum": 0, "maximum": MAX_ID}},
             {"name": "task_id", "in": "query", "required": False, "style": "form", "explode": True,
              "description": "Only these tasks (repeat for several).",
              "schema": {"type": "array", "items": TypeAdapter(TaskId).json_schema()}},
@@ -329,7 +330,8 @@ OPERATIONS: dict[tuple[str, str], Op] = {
 
 _PATH_PARAMETERS: dict[str, dict[str, Any]] = {
     "task_id": {"description": "1-64 letters, digits, '.', '_' or '-'.", "schema": TypeAdapter(TaskId).json_schema()},
-    "notification_id": {"description": "A notification's id.", "schema": {"type": "integer", "minimum": 0}},
+    "notification_id": {"description": "A notification's id.",
+                        "schema": {"type": "integer", "minimum": 0, "maximum": MAX_ID}},
 }
 
 
