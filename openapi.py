@@ -139,6 +139,29 @@ class Health(_Response):
     streams: StreamCounts
 
 
+class Ready(_Response):
+    status: Literal["ready"]
+    checks: dict[str, str] = Field(description="Each dependency (database, redis) and its state: ok.")
+
+
+class ComponentDown(_Response):
+    component: str
+    message: str
+
+
+class NotReadyError(_Response):
+    code: Literal["unavailable"]
+    message: str
+    details: list[ComponentDown]
+
+
+class NotReady(_Response):
+    """The error shape, naming the dependencies that are down, with the state of each."""
+
+    error: NotReadyError
+    checks: dict[str, str]
+
+
 class ErrorDetail(BaseModel):
     """What is wrong with one field (other keys may follow)."""
 
@@ -162,7 +185,7 @@ class Error(_Response):
 REQUEST_MODELS: tuple[type[BaseModel], ...] = (TaskUpdate, TaskReplace, TaskPatch)
 RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     Task, Event, Notification, TaskList, EventList, NotificationList, UpdateTaskResponse, TaskWritten,
-    TaskDeleted, Health, Error,
+    TaskDeleted, Health, Ready, NotReady, Error,
 )
 QUERY_MODELS: tuple[type[BaseModel], ...] = (TaskListQuery, EventListQuery, NotificationListQuery)
 
@@ -180,7 +203,6 @@ _ERRORS: dict[int, tuple[str, str]] = {
     415: ("UnsupportedMediaType", "The body is not sent as application/json."),
     422: ("ValidationFailed", "A missing or invalid field or query parameter; details names each one."),
     429: ("RateLimited", "Too many writes for this token, or too many open streams for this user."),
-    503: ("Unavailable", "Not ready to serve."),
 }
 _HEADERS: dict[int, dict[str, Any]] = {
     401: {"WWW-Authenticate": {"schema": {"type": "string"}, "description": "Bearer realm=\"tasks\""}},
@@ -214,7 +236,8 @@ class Op:
     scope: str | None = None  # None: open to everyone
     query: type[BaseModel] | None = None
     body: type[BaseModel] | None = None
-    ok: dict[int, tuple[str, Any]] = field(default_factory=dict)  # status -> (description, schema)
+    # status -> (description, schema) of the answers particular to this operation (errors: the shared ones)
+    ok: dict[int, tuple[str, Any]] = field(default_factory=dict)
     errors: tuple[int, ...] = ()
     idempotent_writes: bool = False
     extra_parameters: tuple[dict[str, Any], ...] = ()
@@ -315,9 +338,8 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ),
     ("/readyz", "GET"): Op(
         "readyz", "Readiness", "service",
-        ok={200: ("Ready to serve.", {"type": "object", "properties": {"status": {"type": "string"}},
-                                      "required": ["status"]})},
-        errors=(503,),
+        ok={200: ("The database (and Redis, when configured) answer.", "Ready"),
+            503: ("A dependency is down.", "NotReady")},
     ),
     ("/metrics", "GET"): Op(
         "metrics", "Prometheus metrics", "service", ok={200: ("Prometheus text format.", {"type": "string"})},

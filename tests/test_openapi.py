@@ -12,6 +12,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from jsonschema import Draft202012Validator, FormatChecker
 from openapi_spec_validator import validate
+from sqlalchemy.exc import OperationalError
 
 import openapi
 import schemas
@@ -186,6 +187,16 @@ def test_every_kind_of_answer_matches_the_document(make_app: Callable[..., Flask
     c = doc.check
 
     c("/healthz", "GET", client.get("/healthz"))
+    if ("/readyz", "GET") in operations(doc.spec):
+        assert c("/readyz", "GET", client.get("/readyz")).status_code == 200
+        store = app.extensions["store"]
+
+        def down() -> None:
+            raise OperationalError("SELECT 1", {}, Exception("gone"))
+
+        store.ping, ping = down, store.ping
+        assert c("/readyz", "GET", client.get("/readyz")).status_code == 503
+        store.ping = ping
     c("/openapi.json", "GET", client.get("/openapi.json"))
     first = c("/update_task", "POST", client.post("/update_task", headers={**admin, "Idempotency-Key": "k1"},
                                                    json={"task_id": "t1", "user_email": "ann@example.com"}))
