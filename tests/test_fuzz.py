@@ -91,6 +91,8 @@ RUN = Run()
 @pytest.fixture
 def fuzz_target(start_server: Callable[..., LiveServer], request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
     """The live server and the headers to call it with; prints what the fuzzer did at the end."""
+    global RUN
+    RUN = Run()
     server = start_server()
     token = fuzz_token(server)
     if token is None:
@@ -101,12 +103,15 @@ def fuzz_target(start_server: Callable[..., LiveServer], request: pytest.Fixture
         headers, RUN.auth = {"Authorization": f"Bearer {token}"}, f"token of {FUZZ_USER}"
     response = requests.get(server.url + "/openapi.json", timeout=10)
     assert response.status_code == 200, "GET /openapi.json must be served: app.py registers openapi.bp"
-    yield {"server": server, "headers": headers, "document": response.json()}
+    document = response.json()
+    yield {"server": server, "headers": headers, "document": document}
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     capture = request.config.pluginmanager.get_plugin("capturemanager")
     if reporter is not None and capture is not None:
         with capture.global_and_fixture_disabled():
             reporter.write_line("\n" + RUN.summary())
+    operations = sum(len(item) for path, item in document["paths"].items() if path != NOT_FUZZED)
+    assert len(RUN.operations) == operations, f"only {sorted(RUN.operations)} were fuzzed"
 
 
 @pytest.fixture
