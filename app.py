@@ -33,6 +33,7 @@ import auth
 import db
 import errors
 import notifications
+import openapi
 import streams
 import tasks_api
 from broker import Broker, InMemoryBroker, RelayedBroker
@@ -68,6 +69,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["outbox"] = db.Outbox(notifications.outbox_targets(worker.channels, app.config))
     streams.init_app(app, store, broker)
     tasks_api.init_app(app)
+    app.register_blueprint(openapi.bp)
     app.cli.add_command(notifications.worker_command)
     return app
 

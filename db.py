@@ -187,6 +187,9 @@ class Outbox:
     targets: tuple[tuple[str, str | None], ...]
 
 
+MAX_ID = 2**63 - 1  # ids are 64-bit integers in every database
+
+
 def encode_cursor(row_id: int) -> str:
     return base64.urlsafe_b64encode(str(row_id).encode()).decode().rstrip("=")
 
@@ -198,7 +201,7 @@ def decode_cursor(cursor: str) -> int:
         value = int(base64.urlsafe_b64decode(padded.encode()).decode())
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError("invalid cursor") from exc
-    if value < 0:
+    if not 0 <= value <= MAX_ID:
         raise ValueError("invalid cursor")
     return value
 

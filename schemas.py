@@ -71,7 +71,7 @@ class TaskListQuery(_Query):
 
 
 class EventListQuery(_Query):
-    after: int = Field(0, ge=0)
+    after: int = Field(0, ge=0, le=2**63 - 1)
     limit: int = Field(100, ge=1, le=1000)
 
 

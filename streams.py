@@ -25,7 +25,7 @@ from flask_socketio import SocketIO
 
 from auth import EVERYONE, TokenError, Viewer, authenticate, viewer_for_token
 from broker import Broker, Event, SubscriptionClosed
-from db import Store
+from db import MAX_ID, Store
 from errors import APIError
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def parse_event_id(value: Any, name: str) -> int | None:
         number = int(value)
     except (TypeError, ValueError):
         number = -1
-    if number < 0:
+    if not 0 <= number <= MAX_ID:
         raise APIError(422, f"{name} must be a non-negative integer event id",
                        details=[{"field": name, "message": "not a non-negative integer"}])
     return number

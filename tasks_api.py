@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 import notifications
 from auth import current_viewer, rate_limit_key, requires
 from broker import BrokerUnavailable, Event
-from db import Idempotency, Store, TaskNotFound, decode_cursor, encode_cursor
+from db import MAX_ID, Idempotency, Store, TaskNotFound, decode_cursor, encode_cursor
 from errors import APIError
 from schemas import EventListQuery, NotificationListQuery, TaskListQuery, TaskPatch, TaskReplace, TaskUpdate
 
@@ -237,7 +237,7 @@ def list_notifications() -> ResponseReturnValue:
 
 
 def _visible_notification(notification_id: int) -> dict[str, Any]:
-    row = notifications.get_notification(_store(), notification_id)
+    row = notifications.get_notification(_store(), notification_id) if notification_id <= MAX_ID else None
     if row is None or not current_viewer().may_see(row["user_email"]):
         raise APIError(404, f"no notification {notification_id}")
     return row

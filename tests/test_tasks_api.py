@@ -154,6 +154,16 @@ def test_unknown_path_wrong_method_unknown_task(client):
     assert_error(client.get("/task_updates?last_event_id=-3"), 422, "validation_failed", "last_event_id")
     assert_error(client.get("/task_updates?task_id=a%20b"), 422, "validation_failed", "task_id")
     assert_error(client.put("/tasks/x", json={"title": "no owner"}), 422, "validation_failed", "user_email")
+    # ids beyond 64 bits: refused, never a database error
+    huge = 2**63
+    assert_error(client.get(f"/notifications/{huge}"), 404, "not_found")
+    assert_error(client.post(f"/notifications/{huge}/retry"), 404, "not_found")
+    assert_error(client.get(f"/tasks/x/events?after={huge}"), 422, "validation_failed", "after")
+    assert_error(client.get(f"/task_updates?last_event_id={huge}"), 422, "validation_failed", "last_event_id")
+    from db import encode_cursor
+
+    assert_error(client.get(f"/tasks?cursor={encode_cursor(huge)}"), 422, "validation_failed", "cursor")
+    assert_error(client.get(f"/notifications?cursor={encode_cursor(huge)}"), 422, "validation_failed", "cursor")
 
 
 def test_rejected_put_and_patch_change_nothing(app, client):
