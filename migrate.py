@@ -1,0 +1,74 @@
+"""Database migrations (Alembic): `upgrade(url)` and the `flask --app app db upgrade` command.
+
+The migration scripts live in migrations/; their target is db.Base.metadata.
+A new migration is written with the alembic command line (see alembic.ini):
+
+    .venv/bin/alembic -x url=sqlite:///instance/tasks.db revision --autogenerate -m "what changes"
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from flask import current_app
+from flask.cli import AppGroup
+from sqlalchemy import create_engine, pool
+
+from db import normalize_url
+
+logger = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+def alembic_config(url: str) -> Config:
+    """An Alembic configuration for the database at url, without alembic.ini."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    # Given as an attribute, not an option: options go through ConfigParser, which mangles '%' in passwords.
+    config.attributes["url"] = normalize_url(url)
+    return config
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Bring the database at url up to revision (default: the newest); a database already there is left alone."""
+    command.upgrade(alembic_config(url), revision)
+
+
+def head_revision() -> str | None:
+    """The newest migration's revision id."""
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+
+
+def current_revision(url: str) -> str | None:
+    """The revision the database at url is at, or None when it has never been migrated."""
+    engine = create_engine(normalize_url(url), poolclass=pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()
+
+
+db_cli = AppGroup("db", help="Manage the database schema (Alembic migrations).")
+
+
+@db_cli.command("upgrade")
+@click.argument("revision", default="head")
+def upgrade_command(revision: str) -> None:
+    """Upgrade the app's database (DATABASE_URL) to REVISION, by default the newest."""
+    url = current_app.extensions["store"].url
+    upgrade(url, revision)
+    click.echo(f"database at revision {current_revision(url)}")
+
+
+@db_cli.command("current")
+def current_command() -> None:
+    """Print the revision the app's database is at (nothing when it has never been migrated)."""
+    click.echo(current_revision(current_app.extensions["store"].url) or "")
