@@ -140,11 +140,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     logger.info("serving on http://%s:%s (%s)", settings["HOST"], settings["PORT"], mode)
-    server_options = {}
-    if mode == "eventlet":
-        # minimum_chunk_size=0: eventlet otherwise holds streamed output back until
-        # 4 KiB have gathered, and an SSE client would see nothing.
-        server_options = {"max_size": settings["MAX_CONNECTIONS"], "minimum_chunk_size": 0}
+    server_options = {"max_size": settings["MAX_CONNECTIONS"]} if mode == "eventlet" else {}
     socketio.run(app, host=settings["HOST"], port=settings["PORT"], log_output=False, **server_options)
     _stop_and_exit()
 

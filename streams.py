@@ -310,6 +310,23 @@ class StreamHub:
         return {prefix + "all"}
 
 
+class _UnbufferedStreams:
+    """WSGI middleware: tell eventlet's server to send SSE output as it is written.
+
+    eventlet holds streamed output back until 4 KiB gather unless the request's
+    environ says otherwise, and an SSE client would see nothing. It must wrap
+    Flask-SocketIO's middleware, which hands the app a copy of the environ.
+    """
+
+    def __init__(self, wsgi_app: Any) -> None:
+        self.wsgi_app = wsgi_app
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("PATH_INFO") == "/task_updates":
+            environ["eventlet.minimum_write_chunk_size"] = 0
+        return self.wsgi_app(environ, start_response)
+
+
 def init_app(app: Flask, store: Store, broker: Broker) -> SocketIO:
     """Create the app's Socket.IO server and stream hub, and register the SSE route."""
     allowed = set(app.config["CORS_ORIGINS"])
@@ -372,4 +389,5 @@ def init_app(app: Flask, store: Store, broker: Broker) -> SocketIO:
         return {"ok": True, "task_id": task_id, "subscriptions": hub.unsubscribe(request.sid, task_id)}  # type: ignore[attr-defined]
 
     app.register_blueprint(bp)
+    app.wsgi_app = _UnbufferedStreams(app.wsgi_app)  # type: ignore[method-assign]
     return socketio

@@ -69,3 +69,42 @@ def test_more_than_1024_idle_streams_at_once(start_server):
         for sock in sockets:
             sock.close()
         selector.close()
+
+
+def test_gunicorn_with_the_eventlet_worker_serves_streams(tmp_path, smtp):
+    """The deployment the README documents: gunicorn, eventlet worker, wsgi:app."""
+    import os
+    import subprocess
+    import sys
+
+    from support import ROOT, SECRET, LiveServer, free_port, make_token
+
+    port = free_port()
+    env = {**os.environ, "INSTANCE_PATH": str(tmp_path / "instance"), "SECRET_KEY": SECRET, **smtp.env}
+    log = open(tmp_path / "gunicorn.log", "wb")  # noqa: SIM115
+    env.update(HOST="127.0.0.1", PORT=str(port))
+    process = subprocess.Popen([sys.executable, "-m", "gunicorn", "wsgi:app"], cwd=ROOT, env=env, stdout=log,
+                               stderr=log)
+    try:
+        server = LiveServer(env={}, log_path=tmp_path / "gunicorn.log", port=port, token=make_token())
+        wait_for(lambda: _answers(server), 30, "gunicorn to answer")
+        sse = server.sse()
+        sio = server.socketio()
+        event_id = server.post("/update_task", {"task_id": "g", "user_email": "test@example.com"}).json()["event_id"]
+        sse.wait_for_events(1)
+        sio.wait_for_events(1)
+        assert sse.ids == sio.ids == [event_id]
+        wait_for(lambda: smtp.handler.count() == 1, 10, "the email")
+        sse.close()
+        sio.close()
+    finally:
+        process.terminate()
+        assert process.wait(30) == 0
+        log.close()
+
+
+def _answers(server) -> bool:
+    try:
+        return server.get("/healthz").status_code == 200
+    except requests.ConnectionError:
+        return False
