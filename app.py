@@ -32,6 +32,8 @@ from flask_cors import CORS
 import auth
 import db
 import errors
+import metrics
+import migrate
 import notifications
 import openapi
 import streams
@@ -65,12 +67,15 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     store = db.init_app(app)
     broker = make_broker(app.config, store)
     app.extensions["broker"] = broker
-    worker = notifications.init_app(app, store)
+    observer = metrics.Metrics()
+    worker = notifications.init_app(app, store, observer)
     app.extensions["outbox"] = db.Outbox(notifications.outbox_targets(worker.channels, app.config))
-    streams.init_app(app, store, broker)
+    hub = streams.init_app(app, store, broker)
     tasks_api.init_app(app)
     app.register_blueprint(openapi.bp)
+    observer.init_app(app, stream_counts=lambda: hub.counts, outbox_counts=lambda: metrics.outbox_counts(store))
     app.cli.add_command(notifications.worker_command)
+    app.cli.add_command(migrate.db_cli)
     return app
 
 

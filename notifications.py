@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import click
 from flask import Flask, current_app
@@ -36,6 +36,10 @@ logger = logging.getLogger(__name__)
 
 CLAIM_BATCH = 5
 _DUE = ("pending", "retrying")
+
+
+class DeliveryObserver(Protocol):
+    def delivery(self, channel: str, outcome: str, seconds: float | None) -> None: ...
 
 
 class WorkerState(enum.Enum):
@@ -69,8 +73,10 @@ class NotificationWorker:
         policy: RetryPolicy | None = None,
         lease_seconds: float = 60.0,
         poll_seconds: float = 1.0,
+        observer: DeliveryObserver | None = None,
     ) -> None:
         self.store = store
+        self.observer = observer
         self.channels = dict(channels)
         self.workers = workers
         self.policy = policy or RetryPolicy()
@@ -216,15 +222,22 @@ class NotificationWorker:
     def _record_success(self, delivery: Delivery) -> None:
         now = utcnow()
         self._finish(delivery, status="sent", sent_at=now, last_error=None)
+        if self.observer is not None:
+            occurred = datetime.fromisoformat(delivery.event["occurred_at"].rstrip("Z"))
+            self.observer.delivery(delivery.channel, "sent", (now - occurred).total_seconds())
 
     def _record_failure(self, delivery: Delivery, error: str, *, retryable: bool) -> None:
         if not retryable or delivery.attempt >= self.policy.max_attempts:
             self._finish(delivery, status="dead", last_error=error)
+            if self.observer is not None:
+                self.observer.delivery(delivery.channel, "dead", None)
             logger.error("notification %s is dead after %s attempts: %s",
                          delivery.notification_id, delivery.attempt, error)
             return
         due = utcnow() + timedelta(seconds=self.policy.delay(delivery.attempt))
         self._finish(delivery, status="retrying", next_attempt_at=due, last_error=error)
+        if self.observer is not None:
+            self.observer.delivery(delivery.channel, "retry", None)
         if self._next_due is None or due < self._next_due:
             self._next_due = due
 
@@ -300,7 +313,7 @@ def outbox_targets(channels: Mapping[str, Channel], config: Mapping[str, Any]) -
     return tuple((name, recipients.get(name)) for name in channels)
 
 
-def init_app(app: Flask, store: Store) -> NotificationWorker:
+def init_app(app: Flask, store: Store, observer: DeliveryObserver | None = None) -> NotificationWorker:
     """Build the app's channels and worker pool; the pool starts only when asked (see app.py)."""
     config = app.config
     channels = build_channels(config)
@@ -315,6 +328,7 @@ def init_app(app: Flask, store: Store) -> NotificationWorker:
         ),
         lease_seconds=config["NOTIFY_LEASE_SECONDS"],
         poll_seconds=config["NOTIFY_POLL_SECONDS"],
+        observer=observer,
     )
     app.extensions["notifications"] = worker
     return worker

@@ -327,7 +327,7 @@ class _UnbufferedStreams:
         return self.wsgi_app(environ, start_response)
 
 
-def init_app(app: Flask, store: Store, broker: Broker) -> SocketIO:
+def init_app(app: Flask, store: Store, broker: Broker) -> StreamHub:
     """Create the app's Socket.IO server and stream hub, and register the SSE route."""
     allowed = set(app.config["CORS_ORIGINS"])
 
@@ -390,4 +390,4 @@ def init_app(app: Flask, store: Store, broker: Broker) -> SocketIO:
 
     app.register_blueprint(bp)
     app.wsgi_app = _UnbufferedStreams(app.wsgi_app)  # type: ignore[method-assign]
-    return socketio
+    return hub

@@ -37,6 +37,7 @@ def _after_commit(event: Event) -> None:
     """Hand a committed event to the live streams and wake the notification workers."""
     current_app.extensions["broker"].publish(event)
     current_app.extensions["notifications"].wake()
+    current_app.extensions["metrics"].event_published()
 
 
 def json_body() -> Any:

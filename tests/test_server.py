@@ -108,3 +108,26 @@ def _answers(server) -> bool:
         return server.get("/healthz").status_code == 200
     except requests.ConnectionError:
         return False
+
+
+def test_metrics_on_the_live_server(live_server, smtp):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    sse = live_server.sse()
+    live_server.post("/update_task", {"task_id": "m", "user_email": "test@example.com"})
+    wait_for(lambda: smtp.handler.count() == 1)
+    sse.wait_for_events(1)
+
+    def samples() -> dict[tuple[str, tuple], float]:
+        text = live_server.get("/metrics").text
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    wait_for(lambda: samples().get(("notifications_total", (("channel", "email"), ("outcome", "sent")))) == 1)
+    found = samples()
+    assert found[("events_published_total", ())] == 1
+    assert found[("stream_connections", (("transport", "sse"),))] == 1
+    assert found[("outbox_notifications", (("status", "sent"),))] == 1
+    assert found[("notification_delivery_seconds_count", (("channel", "email"),))] == 1
+    assert found[("http_requests_total", (("method", "POST"), ("route", "/update_task"), ("status", "200")))] == 1
+    sse.close()
