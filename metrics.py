@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from flask import Flask, Response, request
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
@@ -110,6 +110,12 @@ class Metrics:
         self.notifications.labels(channel=channel, outcome=outcome).inc()
         if seconds is not None:
             self.delivery_seconds.labels(channel=channel).observe(max(0.0, seconds))
+
+    def serve(self, port: int, host: str = "127.0.0.1") -> Any:
+        """Serve this registry over HTTP on its own (for processes without the app's server, such as
+        `flask --app app worker`); returns the server, whose shutdown() stops it."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return server
 
     def observe_request(self, method: str, route: str, status: int, seconds: float | None) -> None:
         method = method if method in METHODS else "other"

@@ -6,12 +6,14 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import requests
 from flask import Flask
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from errors import APIError
 from metrics import Metrics, outbox_counts
+from support import free_port
 
 
 def instrument(app: Flask, **sources: Any) -> Metrics:
@@ -207,3 +209,18 @@ def test_authorize_can_refuse_the_scrape() -> None:
     response = app.test_client().get("/metrics")
     assert response.status_code == 401
     assert response.get_json()["error"]["code"]
+
+
+def test_a_process_without_the_app_server_can_serve_its_metrics() -> None:
+    metrics = Metrics(outbox_counts=lambda: {"pending": 4})
+    metrics.delivery("log", "sent", 0.2)
+    port = free_port()
+    server = metrics.serve(port)
+    try:
+        body = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    finally:
+        server.shutdown()
+        server.server_close()
+    families = {f.name: f for f in text_string_to_metric_families(body)}
+    assert value(families, "notifications_total", channel="log", outcome="sent") == 1
+    assert value(families, "outbox_notifications", status="pending") == 4
