@@ -337,3 +337,17 @@ def test_works_under_eventlet_monkey_patching(redis_url: str) -> None:
     result = subprocess.run([sys.executable, "-W", "ignore", "-c", EVENTLET_SCRIPT, redis_url], cwd=ROOT,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.strip().endswith("OK"), result.stdout + result.stderr
+
+
+def test_a_quiet_channel_stays_connected_and_a_silent_server_is_left(
+        make_broker: Callable[..., RedisBroker], own_redis: RedisServer) -> None:
+    broker = make_broker(own_redis.url, timeout=1.0, health_seconds=0.2, backoff_max_seconds=0.3)
+    subscription = broker.subscribe()
+    assert subscription.get(timeout=1.5) is None  # several PINGs answered: nothing closed
+    assert broker.listening and broker.subscriber_count == 1
+
+    admin = redis.Redis.from_url(own_redis.url)
+    admin.execute_command("CLIENT", "PAUSE", "1500", "ALL")  # the server answers nobody for 1.5 s
+    admin.close()
+    assert closed_reason(subscription) == RECONNECTED
+    wait_for(lambda: broker.listening, 10, "the listener to be back")
