@@ -1,0 +1,119 @@
+/** The SSE side's own bookkeeping, with a scripted EventSource: the URL it resumes with, duplicates, probes. */
+import { describe, expect, it } from 'vitest';
+
+import { type EventSourceConstructor, type TaskEvent, TaskUpdatesError, taskUpdates } from '../src/index.js';
+
+class FakeEventSource {
+  static made: FakeEventSource[] = [];
+  onopen: ((e: Event) => void) | null = null;
+  onmessage: ((e: MessageEvent) => void) | null = null;
+  onerror: ((e: Event) => void) | null = null;
+  closed = false;
+  constructor(readonly url: string) {
+    FakeEventSource.made.push(this);
+  }
+  close(): void {
+    this.closed = true;
+  }
+  open(): void {
+    this.onopen?.(new Event('open'));
+  }
+  send(id: number, taskId = 't'): void {
+    const payload = { id, type: 'task.updated', task_id: taskId, task: { task_id: taskId }, occurred_at: 'x' };
+    this.onmessage?.(new MessageEvent('message', { data: JSON.stringify(payload), lastEventId: String(id) }));
+  }
+  fail(): void {
+    this.onerror?.(new Event('error'));
+  }
+}
+
+const tick = (ms = 0) => new Promise((ok) => setTimeout(ok, ms));
+
+describe('SSE resume bookkeeping', () => {
+  it('drops events at or below the last id and resumes with ?last_event_id= and the token', async () => {
+    FakeEventSource.made = [];
+    const seen: TaskEvent[] = [];
+    const sub = taskUpdates({
+      baseUrl: 'http://api.test/',
+      transport: 'sse',
+      token: 'tok',
+      taskIds: ['t'],
+      eventSource: FakeEventSource as unknown as EventSourceConstructor,
+      reconnectDelayMs: 1,
+    }).subscribe((e) => seen.push(e));
+    const first = FakeEventSource.made[0]!;
+    expect(first.url).toBe('http://api.test/task_updates?task_id=t&access_token=tok');
+    first.open();
+    first.send(1);
+    first.send(2);
+    first.send(2);
+    first.send(1);
+    first.fail();
+    expect(first.closed).toBe(true);
+    await tick(20);
+    const second = FakeEventSource.made[1]!;
+    expect(second.url).toBe('http://api.test/task_updates?task_id=t&access_token=tok&last_event_id=2');
+    second.open();
+    second.send(2);
+    second.send(3);
+    expect(seen.map((e) => e.id)).toEqual([1, 2, 3]);
+    sub.unsubscribe();
+    expect(second.closed).toBe(true);
+  });
+
+  it('probes with fetch when a stream fails before it opens, and errors on a 401', async () => {
+    FakeEventSource.made = [];
+    const probed: string[] = [];
+    const fakeFetch = (async (url: string) => {
+      probed.push(url);
+      return new Response(JSON.stringify({ error: { code: 'unauthorized', message: 'the token has expired' } }), {
+        status: 401,
+        headers: { 'Content-Type': 'application/json' },
+      });
+    }) as unknown as typeof fetch;
+    const error = await new Promise<unknown>((ok) => {
+      taskUpdates({
+        baseUrl: 'http://api.test',
+        transport: 'sse',
+        token: () => 'old',
+        eventSource: FakeEventSource as unknown as EventSourceConstructor,
+        fetch: fakeFetch,
+      }).subscribe({ error: ok });
+      FakeEventSource.made[0]!.fail();
+    });
+    expect(probed).toEqual(['http://api.test/task_updates?access_token=old']);
+    expect(error).toBeInstanceOf(TaskUpdatesError);
+    expect(error).toMatchObject({ kind: 'unauthorized', status: 401, code: 'unauthorized', transport: 'sse' });
+  });
+
+  it('keeps retrying while the server is unreachable', async () => {
+    FakeEventSource.made = [];
+    let calls = 0;
+    const fakeFetch = (async () => {
+      calls += 1;
+      throw new TypeError('fetch failed');
+    }) as unknown as typeof fetch;
+    const stream = taskUpdates({
+      baseUrl: 'http://api.test',
+      transport: 'sse',
+      eventSource: FakeEventSource as unknown as EventSourceConstructor,
+      fetch: fakeFetch,
+      reconnectDelayMs: 1,
+      maxReconnectDelayMs: 2,
+    });
+    const states: string[] = [];
+    stream.state$.subscribe((s) => states.push(s));
+    const sub = stream.subscribe();
+    for (let i = 0; i < 3; i++) {
+      FakeEventSource.made.at(-1)!.fail();
+      await tick(20);
+    }
+    expect(FakeEventSource.made).toHaveLength(4);
+    expect(calls).toBe(3);
+    expect(states).toEqual(['closed', 'connecting']);
+    FakeEventSource.made.at(-1)!.open();
+    expect(states).toEqual(['closed', 'connecting', 'open']);
+    sub.unsubscribe();
+    expect(states.at(-1)).toBe('closed');
+  });
+});
