@@ -12,12 +12,13 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Protocol
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Event:
     """A committed event: its id, whom it concerns, and its payload JSON, encoded once."""
 
@@ -25,6 +26,11 @@ class Event:
     task_id: str
     user_email: str
     data: str
+
+    @cached_property
+    def sse_frame(self) -> bytes:
+        """The event as Server-Sent Events lines, encoded once for every stream that sends it."""
+        return f"id: {self.id}\ndata: {self.data}\n\n".encode()
 
 
 class SubscriptionClosed(Exception):
@@ -83,44 +89,83 @@ class Subscription:
 
 
 class Broker(Protocol):
+    """What the API (publish) and the streams (subscribe) need of a broker."""
+
+    def publish(self, event: Event) -> None: ...
+
+    def subscribe(self, accepts: Callable[[Event], bool] | None = None, *,
+                  user_email: str | None = None) -> Subscription: ...
+
+    def close(self) -> None: ...
+
+
+class SharedBroker(Protocol):
+    """A broker that several processes share (Redis): relayed into each process by RelayedBroker."""
+
     def publish(self, event: Event) -> None: ...
 
     def subscribe(self, accepts: Callable[[Event], bool] | None = None) -> Subscription: ...
+
+    def ping(self) -> None: ...
 
     def close(self) -> None: ...
 
 
 class InMemoryBroker:
-    """Fan-out inside one process: single process only (several processes need a shared broker)."""
+    """Fan-out inside one process: single process only (several processes need a shared broker).
+
+    Subscriptions are indexed by the user they are limited to, so an event
+    costs work only for the readers who may see it.
+    """
 
     def __init__(self, queue_size: int = 1000) -> None:
         self._queue_size = queue_size
         self._lock = threading.Lock()
-        # Copied on change, so publish reads it without taking the lock.
-        self._subscriptions: tuple[Subscription, ...] = ()
+        # user_email (None: every user) -> subscriptions; replaced, never changed in place,
+        # so publish reads it without taking the lock.
+        self._by_user: dict[str | None, tuple[Subscription, ...]] = {}
+        self._users: dict[Subscription, str | None] = {}
 
     def publish(self, event: Event) -> None:
-        for subscription in self._subscriptions:
+        index = self._by_user
+        for subscription in index.get(None, ()):
+            subscription.offer(event)
+        for subscription in index.get(event.user_email, ()):
             subscription.offer(event)
 
-    def subscribe(self, accepts: Callable[[Event], bool] | None = None) -> Subscription:
+    def subscribe(self, accepts: Callable[[Event], bool] | None = None, *,
+                  user_email: str | None = None) -> Subscription:
+        """A subscription to every event, or only to user_email's events when given."""
         subscription = Subscription(self, self._queue_size, accepts)
         with self._lock:
-            self._subscriptions = (*self._subscriptions, subscription)
+            index = dict(self._by_user)
+            index[user_email] = (*index.get(user_email, ()), subscription)
+            self._by_user = index
+            self._users[subscription] = user_email
         return subscription
 
     def close(self) -> None:
         """Close every subscription; idempotent."""
-        for subscription in self._subscriptions:
-            subscription.close()
+        for subscriptions in list(self._by_user.values()):
+            for subscription in subscriptions:
+                subscription.close()
 
     @property
     def subscriber_count(self) -> int:
-        return len(self._subscriptions)
+        return len(self._users)
 
     def _remove(self, subscription: Subscription) -> None:
         with self._lock:
-            self._subscriptions = tuple(s for s in self._subscriptions if s is not subscription)
+            if subscription not in self._users:
+                return
+            user = self._users.pop(subscription)
+            index = dict(self._by_user)
+            remaining = tuple(s for s in index.get(user, ()) if s is not subscription)
+            if remaining:
+                index[user] = remaining
+            else:
+                index.pop(user, None)
+            self._by_user = index
 
 
 class BrokerUnavailable(Exception):
@@ -144,7 +189,7 @@ class RelayedBroker:
     relay catches up from the log the same way, so local readers see no gap.
     """
 
-    def __init__(self, remote: Broker, log: EventLog, queue_size: int = 1000) -> None:
+    def __init__(self, remote: SharedBroker, log: EventLog, queue_size: int = 1000) -> None:
         self.remote = remote
         self.log = log
         self.local = InMemoryBroker(queue_size)
@@ -155,9 +200,10 @@ class RelayedBroker:
     def publish(self, event: Event) -> None:
         self.remote.publish(event)
 
-    def subscribe(self, accepts: Callable[[Event], bool] | None = None) -> Subscription:
+    def subscribe(self, accepts: Callable[[Event], bool] | None = None, *,
+                  user_email: str | None = None) -> Subscription:
         self.start()
-        return self.local.subscribe(accepts)
+        return self.local.subscribe(accepts, user_email=user_email)
 
     def start(self) -> None:
         """Start relaying (idempotent; subscribe starts it too)."""
@@ -210,9 +256,7 @@ class RelayedBroker:
 
     def ping(self) -> None:
         """Raise BrokerUnavailable when the shared broker cannot be reached."""
-        ping = getattr(self.remote, "ping", None)
-        if ping is not None:
-            ping()
+        self.remote.ping()
 
     def close(self) -> None:
         """Stop relaying and close both brokers; idempotent."""

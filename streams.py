@@ -60,13 +60,6 @@ def parse_task_ids(values: list[str]) -> frozenset[str] | None:
     return frozenset(values) or None
 
 
-def sse_frame(event: Event) -> bytes:
-    return f"id: {event.id}\ndata: {event.data}\n\n".encode()
-
-
-def _visible(event: Event, viewer: Viewer, task_ids: frozenset[str] | None) -> bool:
-    return (task_ids is None or event.task_id in task_ids) and viewer.may_see(event.user_email)
-
 
 def replay(store: Store, after_id: int, viewer: Viewer, task_ids: frozenset[str] | None,
            until_id: int | None = None) -> Iterator[Event]:
@@ -86,14 +79,15 @@ def sse_events(hub: StreamHub, *, after_id: int | None, viewer: Viewer,
     store = hub.store
     # Subscribe before reading the log: an event committed after the read is then
     # in the queue, and the id check below drops what the read already sent.
-    subscription = hub.broker.subscribe(lambda event: _visible(event, viewer, task_ids))
+    accepts = None if task_ids is None else (lambda event: event.task_id in task_ids)
+    subscription = hub.broker.subscribe(accepts, user_email=viewer.only_email)
     hub.count_sse(+1)
     try:
         yield f"retry: {retry_ms}\n: connected\n\n".encode()
         last_id = after_id
         if after_id is not None:
             for event in replay(store, after_id, viewer, task_ids):
-                yield sse_frame(event)
+                yield event.sse_frame
                 last_id = event.id
         while True:
             timeout = heartbeat
@@ -111,7 +105,7 @@ def sse_events(hub: StreamHub, *, after_id: int | None, viewer: Viewer,
                     return
                 yield b": heartbeat\n\n"
             elif last_id is None or event.id > last_id:
-                yield sse_frame(event)
+                yield event.sse_frame
                 last_id = event.id
     finally:
         subscription.close()

@@ -1,0 +1,69 @@
+"""The in-process broker: per-user fan-out, bounded queues, closing."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from broker import Event, InMemoryBroker, SubscriptionClosed
+
+
+def event(n: int, user: str = "a@example.com", task: str = "t") -> Event:
+    return Event(id=n, task_id=task, user_email=user, data=f'{{"id":{n}}}')
+
+
+def test_each_subscription_gets_what_it_may_see():
+    broker = InMemoryBroker()
+    everything = broker.subscribe()
+    alice = broker.subscribe(user_email="a@example.com")
+    bob_task = broker.subscribe(lambda e: e.task_id == "x", user_email="b@example.com")
+    for n, (user, task) in enumerate([("a@example.com", "t"), ("b@example.com", "t"), ("b@example.com", "x")], 1):
+        broker.publish(event(n, user, task))
+    assert [everything.get(0).id for _ in range(3)] == [1, 2, 3]
+    assert alice.get(0).id == 1 and alice.get(0) is None
+    assert bob_task.get(0).id == 3 and bob_task.get(0) is None
+    assert broker.subscriber_count == 3
+    alice.close()
+    assert broker.subscriber_count == 2
+    broker.publish(event(4))
+    with pytest.raises(SubscriptionClosed):
+        alice.get(0)
+
+
+def test_a_reader_that_falls_behind_is_closed_and_never_blocks_the_publisher():
+    broker = InMemoryBroker(queue_size=3)
+    slow = broker.subscribe()
+    fast = broker.subscribe()
+    for n in range(1, 6):
+        broker.publish(event(n))
+        assert fast.get(0).id == n
+    with pytest.raises(SubscriptionClosed) as closed:
+        slow.get(0)
+    assert closed.value.reason == "reader fell behind"
+    assert broker.subscriber_count == 1
+
+
+def test_close_wakes_a_waiting_reader():
+    broker = InMemoryBroker()
+    subscription = broker.subscribe()
+    outcome: list[str] = []
+
+    def read() -> None:
+        try:
+            subscription.get(timeout=10)
+        except SubscriptionClosed as exc:
+            outcome.append(exc.reason)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    broker.close()
+    reader.join(5)
+    assert outcome == ["closed"]
+    broker.close()  # idempotent
+
+
+def test_the_sse_frame_is_encoded_once():
+    e = event(7)
+    assert e.sse_frame == b'id: 7\ndata: {"id":7}\n\n'
+    assert e.sse_frame is e.sse_frame
