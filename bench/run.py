@@ -20,6 +20,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import resource
 import secrets
 import shutil
@@ -388,6 +389,10 @@ def fanout(run: Run, kind: str, sse: int, sio: int, rate: float, seconds: float,
         if profile:
             profiler = threading.Thread(target=profile_server, args=(run, server.pid), daemon=True)
             profiler.start()
+        # warm-up: 2 s of posts at the same rate with another tag, which the readers do not count
+        node_tool(run, run.name(f"{label}-{kind}-warmup"), "post", server.url, 180, token=admin, rate=rate,
+                  seconds=2, tag="warmup", users=users)
+        time.sleep(1)
         posts = node_tool(run, run.name(f"{label}-{kind}-post"), "post", server.url, seconds + 180,
                           token=admin, rate=rate, seconds=seconds, tag=tag, users=users)
         per_user = posts["per_user"]
@@ -470,6 +475,9 @@ def profile_server(run: Run, pid: int) -> None:
         (run.out / "fanout-top.txt").write_text(top_self(raw))
 
 
+_LINE = re.compile(r":\d+\)$")
+
+
 def top_self(raw: Path, limit: int = 30) -> str:
     """Self time per function from py-spy's raw (collapsed) stacks."""
     self_time: dict[str, int] = {}
@@ -481,11 +489,11 @@ def top_self(raw: Path, limit: int = 30) -> str:
             continue
         count = int(count_text)
         total += count
-        frames = stack.split(";")
+        frames = [_LINE.sub(")", frame) for frame in stack.split(";")]  # per function, not per line
         self_time[frames[-1]] = self_time.get(frames[-1], 0) + count
         for frame in set(frames):
             total_time[frame] = total_time.get(frame, 0) + count
-    lines = [f"{total} samples", "", "self %  total %  function (file:line)"]
+    lines = [f"{total} samples", "", "self %  total %  function (file)"]
     for frame, count in sorted(self_time.items(), key=lambda kv: -kv[1])[:limit]:
         lines.append(f"{100 * count / total:6.1f} {100 * total_time[frame] / total:7.1f}  {frame}")
     lines += ["", "top inclusive", "total %  function"]
