@@ -704,7 +704,7 @@ def machine() -> dict[str, Any]:
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
-    return round(a / b, 2) if a is not None and b else None
+    return round(a / b, 2) if a is not None and b is not None and b > 0 else None  # b <= 0: noise, no ratio
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -888,6 +888,10 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
                 for pct, style in (("p50", ":"), ("p90", "--"), ("p99", "-")):
                     ax.plot(xs, [r[t]["latency_ms"][pct] or np.nan for r in runs], style, marker="o", color=color,
                             label=f"{'reference' if kind == 'ref' else 'ours'} {pct}")
+                if kind == "ours":
+                    for r in runs:
+                        ax.annotate(f"{r['rate']:g} posts/s", (r[t]["clients"], r[t]["latency_ms"]["p99"] or 1),
+                                    textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_title(f"{TRANSPORT_NAMES[t]} fan-out to all")
@@ -1017,6 +1021,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--docs", action=argparse.BooleanOptionalAction, default=None,
                         help="write docs/benchmarks.md (default: on in full mode)")
     parser.add_argument("--out", help="results folder (default bench/results/<timestamp>)")
+    parser.add_argument("--report", metavar="DIR", help="measure nothing: rewrite the table, plots (and with --docs,"
+                                                        " docs/benchmarks.md) from DIR/results.json")
     args = parser.parse_args(argv)
     q = args.quick
     args.fanout = args.fanout or ("100x100@20,500x500@5" if q else "500x500@20,5000x5000@5")
@@ -1035,8 +1041,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def report(results: dict[str, Any], out: Path, docs: bool) -> None:
+    results["targets"] = targets(results)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    plots = plot(results, out)
+    (out / "results.md").write_text(f"# Benchmark run {results['started']}\n\n`{results['command']}`\n\n"
+                                    + markdown(results, [p.name for p in plots]))
+    if docs:
+        write_docs(results, out, plots, results["command"])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.report:
+        out = Path(args.report)
+        report(json.loads((out / "results.json").read_text()), out, bool(args.docs))
+        print(markdown(json.loads((out / "results.json").read_text()), []))
+        return 0
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children (servers, clients) inherit it
     if hard < 25000:
@@ -1126,14 +1147,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         run.close()
     results["finished"] = dt.datetime.now().astimezone().isoformat(timespec="seconds")
-    results["targets"] = targets(results)
-    save()
-    plots = plot(results, out)
-    rel = [p.name for p in plots]
-    (out / "results.md").write_text(f"# Benchmark run {results['started']}\n\n`{command.strip()}`\n\n"
-                                    + markdown(results, rel))
-    if args.docs:
-        write_docs(results, out, plots, command.strip())
+    report(results, out, args.docs)
     log(f"results in {out}")
     print(markdown(results, []))
     return 0
