@@ -1,0 +1,46 @@
+"""The live page at `/`: one small HTML page for newcomers, served with a strict Content-Security-Policy.
+
+It shows the events of `/task_updates` as they arrive (EventSource, resuming by
+event id), has a form that posts to `/update_task`, and a token field (kept in
+localStorage) that shows when the server answers 401. Everything it needs is
+inline in static/index.html; the policy allows exactly its inline script and
+style (by hash) and connections to this origin, and nothing else.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from functools import cache
+from pathlib import Path
+
+from flask import Blueprint, Response
+
+bp = Blueprint("pages", __name__)
+
+PAGE = Path(__file__).resolve().parent / "static" / "index.html"
+
+
+def _hashes(html: str, tag: str) -> str:
+    bodies = re.findall(rf"<{tag}>(.*?)</{tag}>", html, flags=re.DOTALL)
+    return " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(b.encode()).digest()).decode()}'" for b in bodies)
+
+
+@cache
+def _page() -> tuple[bytes, str]:
+    html = PAGE.read_text(encoding="utf-8")
+    policy = (f"default-src 'none'; script-src {_hashes(html, 'script')}; style-src {_hashes(html, 'style')}; "
+              "connect-src 'self'; img-src 'self' data:; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+    return html.encode(), policy
+
+
+@bp.get("/")
+def index() -> Response:
+    body, policy = _page()
+    return Response(body, mimetype="text/html", headers={
+        "Content-Security-Policy": policy,
+        "Cache-Control": "no-cache",
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+    })
