@@ -36,6 +36,7 @@ import metrics
 import migrate
 import notifications
 import openapi
+import pages
 import streams
 import tasks_api
 from broker import Broker, InMemoryBroker, RelayedBroker
@@ -73,6 +74,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     hub = streams.init_app(app, store, broker)
     tasks_api.init_app(app)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(pages.bp)
     observer.init_app(app, stream_counts=lambda: hub.counts, outbox_counts=lambda: metrics.outbox_counts(store))
     app.cli.add_command(notifications.worker_command)
     app.cli.add_command(migrate.db_cli)

@@ -348,6 +348,10 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("/openapi.json", "GET"): Op(
         "openapi", "This document", "service", ok={200: ("The OpenAPI 3.1 document.", {"type": "object"})},
     ),
+    ("/", "GET"): Op(
+        "livePage", "The live page: watch updates as they happen, post one", "service",
+        ok={200: ("An HTML page.", {"type": "string"})}, media_type="text/html",
+    ),
 }
 
 _PATH_PARAMETERS: dict[str, dict[str, Any]] = {

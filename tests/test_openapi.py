@@ -102,7 +102,7 @@ def test_auth_is_global_with_open_health_and_document(spec: dict[str, Any]) -> N
     assert spec["security"] == [{"bearerAuth": []}]
     ops = operations(spec)
     open_ops = {key for key, op in ops.items() if op.get("security") == []}
-    assert open_ops == {key for key in ops if key[0] in ("/healthz", "/readyz", "/openapi.json", "/metrics")}
+    assert open_ops == {key for key in ops if key[0] in ("/healthz", "/readyz", "/openapi.json", "/metrics", "/")}
     scopes = {"POST": "tasks:write", "PUT": "tasks:write", "PATCH": "tasks:write", "DELETE": "tasks:write",
               "GET": "tasks:read"}
     for key, op in ops.items():
