@@ -302,8 +302,8 @@ def tick():
         eventlet.sleep(0.01)
 g = eventlet.spawn(tick)
 assert sub.get(timeout=0.5) is None
+assert len(ticks) >= 5, ticks  # the other green thread ran while this one waited
 g.wait()
-assert len(ticks) == 20, ticks
 for n in range(1, 11):
     a.publish(Event(id=n, task_id="t", user_email="a@example.com", data="{}"))
 assert [sub.get(timeout=5).id for _ in range(10)] == list(range(1, 11))
@@ -333,13 +333,13 @@ def test_works_under_eventlet_monkey_patching(redis_url: str) -> None:
 
 def test_a_quiet_channel_stays_connected_and_a_silent_server_is_left(
         make_broker: Callable[..., RedisBroker], own_redis: RedisServer) -> None:
-    broker = make_broker(own_redis.url, timeout=1.0, health_seconds=0.2, backoff_max_seconds=0.3)
+    broker = make_broker(own_redis.url, timeout=1.0, health_seconds=0.5, backoff_max_seconds=0.3)
     subscription = broker.subscribe()
-    assert subscription.get(timeout=1.5) is None  # several PINGs answered: nothing closed
+    assert subscription.get(timeout=2.5) is None  # several PINGs answered: nothing closed
     assert broker.listening and broker.subscriber_count == 1
 
     admin = redis.Redis.from_url(own_redis.url)
-    admin.execute_command("CLIENT", "PAUSE", "1500", "ALL")  # the server answers nobody for 1.5 s
+    admin.execute_command("CLIENT", "PAUSE", "2500", "ALL")  # the server answers nobody for 2.5 s
     admin.close()
     assert closed_reason(subscription) == RECONNECTED
     wait_for(lambda: broker.listening, 10, "the listener to be back")
