@@ -80,6 +80,7 @@ class ApiServer:
     instance_path: Path
     port: int = field(default_factory=free_port)
     cors_origins: list[str] = field(default_factory=list)
+    database_url: str | None = None  # None: SQLite in instance_path
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -96,6 +97,10 @@ class ApiServer:
             "SECRET_KEY": SECRET,
             "CORS_ORIGINS": ",".join(self.cors_origins) or "http://127.0.0.1:4200",
             "SSE_HEARTBEAT_SECONDS": "1",
+            "RATE_LIMIT_WRITES": "100000 per minute",
+            # bin/test's other passes: PostgreSQL (the database_url fixture) and gevent.
+            "DATABASE_URL": self.database_url or "",
+            "ASYNC_MODE": os.environ.get("TEST_ASYNC_MODE", "eventlet"),
             "LOG_LEVEL": "WARNING",
             "PYTHONWARNINGS": "ignore::DeprecationWarning",
         }

@@ -53,8 +53,9 @@ def app_site() -> Iterator[StaticServer]:
 
 
 @pytest.fixture
-def api(tmp_path: Path, app_site: StaticServer) -> Iterator[ApiServer]:
-    server = ApiServer(tmp_path / "instance", cors_origins=[app_site.origin]).start()
+def api(tmp_path: Path, database_url: str, app_site: StaticServer) -> Iterator[ApiServer]:
+    """`python app.py` on this test's own database (conftest's database_url: SQLite, or PostgreSQL)."""
+    server = ApiServer(tmp_path / "instance", cors_origins=[app_site.origin], database_url=database_url).start()
     yield server
     server.stop()
 
@@ -125,7 +126,7 @@ def test_angular_app_reconnects_after_a_restart_and_shows_what_it_missed_once(
     api.stop()
     expect(state).to_have_text("reconnecting")
     # While the app's server is down, another process on the same database takes the writes.
-    other = ApiServer(api.instance_path, cors_origins=api.cors_origins).start()
+    other = ApiServer(api.instance_path, cors_origins=api.cors_origins, database_url=api.database_url).start()
     try:
         missed = [other.post_update(token, task_id="r-1", title="while it was down"),
                   other.post_update(token, task_id="r-2", title="also while it was down")]
