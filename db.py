@@ -467,9 +467,8 @@ def default_url(instance_path: str) -> str:
 
 
 def init_app(app: Flask) -> Store:
-    """Create the app's store from DATABASE_URL (default: SQLite in the instance folder) and its schema."""
+    """The app's store from DATABASE_URL (default: SQLite in the instance folder); migrate.py makes its schema."""
     url = app.config.get("DATABASE_URL") or default_url(app.instance_path)
     store = Store(url)
-    store.create_schema()
     app.extensions["store"] = store
     return store
