@@ -94,6 +94,15 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (its threads included), from /proc/<pid>/stat."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentiles(values: np.ndarray) -> dict[str, float | None]:
     if len(values) == 0:
         return {"p50": None, "p90": None, "p99": None, "max": None}
@@ -389,6 +398,8 @@ def fanout(run: Run, kind: str, sse: int, sio: int, rate: float, seconds: float,
         if profile:
             profiler = threading.Thread(target=profile_server, args=(run, server.pid), daemon=True)
             profiler.start()
+        cpu_started = time.monotonic()
+        cpu_before = {"server": cpu_seconds(server.pid), "clients": sum(cpu_seconds(r.proc.pid) for r in readers)}
         # warm-up: 2 s of posts at the same rate with another tag, which the readers do not count
         node_tool(run, run.name(f"{label}-{kind}-warmup"), "post", server.url, 180, token=admin, rate=rate,
                   seconds=2, tag="warmup", users=users)
@@ -416,12 +427,20 @@ def fanout(run: Run, kind: str, sse: int, sio: int, rate: float, seconds: float,
         if profiler is not None:
             profiler.join(120)
         rss = server.rss_kb()
+        wall = time.monotonic() - cpu_started
+        cpu = {"server_percent": round(100 * (cpu_seconds(server.pid) - cpu_before["server"]) / wall),
+               "clients_percent": round(100 * (sum(cpu_seconds(r.proc.pid) for r in readers)
+                                               - cpu_before["clients"]) / wall),
+               "load_average": round(os.getloadavg()[0], 2)}
+        log(f"  CPU from warm-up to drained: server {cpu['server_percent']} %, reader processes "
+            f"{cpu['clients_percent']} % (of {os.cpu_count()} cores), load average {cpu['load_average']}")
         result: dict[str, Any] = {
             "server": kind, "sse_clients": sse, "sio_clients": sio, "rate": rate, "seconds": seconds, "users": users,
             "connect_seconds": round(connect_seconds, 1), "server_counts": server_counts,
             "posts": {k: posts[k] for k in ("planned", "ok", "statuses", "sending_seconds", "total_seconds",
                                             "post_ms")},
             "drain_seconds_after_last_post": round(drain_seconds, 1), "rss_mb_under_load": round(rss / 1024, 1),
+            "cpu": cpu,
         }
         gathered: dict[str, list[Any]] = {t: [] for t in TRANSPORTS}
         for r in readers:
@@ -804,7 +823,8 @@ def markdown(results: dict[str, Any], plots: list[str]) -> str:
                                  f" | {x['delivered']}/{x['expected']} ({100 * (x['delivered_ratio'] or 0):.2f} %)"
                                  f" | {x['duplicates']} | {fmt(lat['p50'])} | {fmt(lat['p90'])} | {fmt(lat['p99'])}"
                                  f" | {fmt(lat['max'])} |")
-        lines += ["", "POSTs during the fan-out runs (planned / answered 200, POST latency p99):", ""]
+        lines += ["", "POSTs during the fan-out runs (planned / answered 200, POST latency p99), and CPU use from",
+                  "the warm-up until the last event arrived (100 % = one core):", ""]
         for pair in fans:
             for kind in ("ref", "ours"):
                 r = pair.get(kind)
@@ -814,7 +834,10 @@ def markdown(results: dict[str, Any], plots: list[str]) -> str:
                     lines.append(f"- {SERVER_NAMES[kind]}, {what} {r['sse_clients']}+{r['sio_clients']}:"
                                  f" {p['ok']}/{p['planned']} in {p['sending_seconds']:.1f} s of sending, POST p99 "
                                  f"{fmt(p['post_ms']['p99'])} ms; connecting took {r['connect_seconds']} s; "
-                                 f"RSS under load {r['rss_mb_under_load']} MB")
+                                 f"RSS under load {r['rss_mb_under_load']} MB"
+                                 + (f"; CPU server {r['cpu']['server_percent']} %, reader processes "
+                                    f"{r['cpu']['clients_percent']} %, load average {r['cpu']['load_average']}"
+                                    if r.get("cpu") else ""))
         lines.append("")
     if results.get("memory"):
         lines += ["### Idle memory", "", "| server | transport | connections | RSS MB | KB per connection |",
