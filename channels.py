@@ -11,6 +11,7 @@ import logging
 import re
 import smtplib
 import ssl
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -123,21 +124,54 @@ class EmailChannel:
         self.starttls: bool = config["SMTP_STARTTLS"]
         self.timeout: float = config["SMTP_TIMEOUT_SECONDS"]
         self.mail_from: str = config["MAIL_FROM"]
+        self._local = threading.local()  # one open SMTP connection per worker thread
 
     def send(self, delivery: Delivery) -> None:
         message = build_email(delivery, self.mail_from)
         try:
-            with smtplib.SMTP(self.host, self.port, timeout=self.timeout) as smtp:
-                if self.starttls:
-                    smtp.starttls(context=ssl.create_default_context())
-                if self.username:
-                    smtp.login(self.username, self.password or "")
-                smtp.send_message(message)
+            self._send(message)
         except smtplib.SMTPRecipientsRefused as exc:
             code = min(code for code, _ in exc.recipients.values())
             raise DeliveryError(f"recipient refused: {exc.recipients}", retryable=code < 500) from exc
         except smtplib.SMTPResponseException as exc:
+            self._drop_connection()  # the session may be in any state after a refusal
             reply = exc.smtp_error.decode(errors="replace") if isinstance(exc.smtp_error, bytes) else exc.smtp_error
             raise DeliveryError(f"SMTP {exc.smtp_code}: {reply}", retryable=exc.smtp_code < 500) from exc
         except (smtplib.SMTPException, OSError) as exc:
+            self._drop_connection()
             raise DeliveryError(f"SMTP connection failed: {exc!r}") from exc
+
+    def _send(self, message: EmailMessage) -> None:
+        # Each worker thread keeps its connection open between messages, as a mail
+        # client does; one that the server closed meanwhile is opened again once.
+        smtp = getattr(self._local, "smtp", None)
+        if smtp is not None:
+            try:
+                smtp.send_message(message)
+                return
+            except smtplib.SMTPServerDisconnected:
+                self._drop_connection()
+        smtp = self._connect()
+        self._local.smtp = smtp
+        smtp.send_message(message)
+
+    def _connect(self) -> smtplib.SMTP:
+        smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+        try:
+            if self.starttls:
+                smtp.starttls(context=ssl.create_default_context())
+            if self.username:
+                smtp.login(self.username, self.password or "")
+        except BaseException:
+            smtp.close()
+            raise
+        return smtp
+
+    def _drop_connection(self) -> None:
+        smtp = getattr(self._local, "smtp", None)
+        self._local.smtp = None
+        if smtp is not None:
+            try:
+                smtp.quit()
+            except (smtplib.SMTPException, OSError):
+                smtp.close()
