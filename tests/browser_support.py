@@ -176,3 +176,8 @@ def screenshot(page: Any, name: str) -> Path:
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     return path
+
+
+def saved_since(started: float) -> bool:
+    """Whether a screenshot was saved since started (the tests run one at a time)."""
+    return any(path.stat().st_mtime >= started for path in ARTIFACTS.glob("*.png"))

@@ -8,6 +8,7 @@ screenshot under test-artifacts/.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,7 @@ from browser_support import (
     make_token,
     require_angular_build,
     require_chromium,
+    saved_since,
     screenshot,
     skip_or_fail,
 )
@@ -61,12 +63,17 @@ def api(tmp_path: Path, database_url: str, app_site: StaticServer) -> Iterator[A
 
 
 @pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
+def page(browser: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A fresh browser context; the page's console shows in a failed test's output, with a screenshot."""
     context = browser.new_context(viewport={"width": 1280, "height": 800})
     context.set_default_timeout(15_000)
     page = context.new_page()
+    page.on("console", lambda message: print(f"console {message.type}: {message.text}"))
     page.on("pageerror", lambda exc: print(f"page error: {exc}"))
+    started = time.time()
     yield page
+    if not saved_since(started):  # the test did not get to its own screenshot: keep what the page showed
+        screenshot(page, "failed-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", request.node.name))
     context.close()
 
 
