@@ -19,6 +19,7 @@ import pytest
 import requests
 
 from browser_support import (
+    ANGULAR_DIST,
     CHROMIUM,
     CHROMIUM_FLAGS,
     ApiServer,
@@ -48,16 +49,23 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def app_site() -> Iterator[StaticServer]:
-    """The built Angular app on its own origin (http://127.0.0.1:<port>)."""
-    with StaticServer(require_angular_build()) as site:
+def site() -> Iterator[StaticServer]:
+    """The Angular app's own origin (http://127.0.0.1:<port>), which the API server allows."""
+    with StaticServer(ANGULAR_DIST) as site:
         yield site
 
 
 @pytest.fixture
-def api(tmp_path: Path, database_url: str, app_site: StaticServer) -> Iterator[ApiServer]:
+def app_site(site: StaticServer) -> StaticServer:
+    """The origin, serving the built Angular app."""
+    require_angular_build()
+    return site
+
+
+@pytest.fixture
+def api(tmp_path: Path, database_url: str, site: StaticServer) -> Iterator[ApiServer]:
     """`python app.py` on this test's own database (conftest's database_url: SQLite, or PostgreSQL)."""
-    server = ApiServer(tmp_path / "instance", cors_origins=[app_site.origin], database_url=database_url).start()
+    server = ApiServer(tmp_path / "instance", cors_origins=[site.origin], database_url=database_url).start()
     yield server
     server.stop()
 
@@ -94,8 +102,8 @@ def shown_event_ids(page: Any) -> list[int]:
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_angular_app_shows_a_posted_update_within_two_seconds(transport: str, api: ApiServer,
-                                                              app_site: StaticServer, page: Any) -> None:
+def test_angular_app_shows_a_posted_update_within_two_seconds(transport: str, app_site: StaticServer,
+                                                              api: ApiServer, page: Any) -> None:
     token = make_token()
     page.goto(app_url(app_site, api, token, transport))
     expect(page.get_by_test_id("transport")).to_have_text(transport)
@@ -122,7 +130,7 @@ def test_angular_app_shows_a_posted_update_within_two_seconds(transport: str, ap
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_angular_app_reconnects_after_a_restart_and_shows_what_it_missed_once(
-        transport: str, api: ApiServer, app_site: StaticServer, page: Any) -> None:
+        transport: str, app_site: StaticServer, api: ApiServer, page: Any) -> None:
     token = make_token()
     page.goto(app_url(app_site, api, token, transport))
     state = page.get_by_test_id("state")
@@ -155,7 +163,7 @@ def test_angular_app_reconnects_after_a_restart_and_shows_what_it_missed_once(
 
 
 def test_angular_app_switches_transport_without_losing_or_repeating_events(
-        api: ApiServer, app_site: StaticServer, page: Any) -> None:
+        app_site: StaticServer, api: ApiServer, page: Any) -> None:
     token = make_token()
     page.goto(app_url(app_site, api, token, "socketio"))
     state = page.get_by_test_id("state")
@@ -179,7 +187,7 @@ def test_angular_app_switches_transport_without_losing_or_repeating_events(
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_a_refused_origin_gets_nothing(transport: str, api: ApiServer, page: Any) -> None:
+def test_a_refused_origin_gets_nothing(transport: str, app_site: StaticServer, api: ApiServer, page: Any) -> None:
     """The same app served from an origin that CORS_ORIGINS does not list: no connection, no event."""
     token = make_token()
     stream_path = "/socket.io/" if transport == "socketio" else "/task_updates"
