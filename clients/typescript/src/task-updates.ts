@@ -161,7 +161,7 @@ function openSocketIo(options: TaskUpdatesOptions, hooks: Hooks): () => void {
     }),
   );
   subs.add(
-    fromEvent<unknown>(socket, 'task_update').subscribe((payload) => {
+    fromEvent(socket, 'task_update', (payload: unknown) => payload).subscribe((payload) => {
       if (!isTaskEvent(payload)) return;
       if (last !== null && payload.id <= last) return; // already delivered (a replay overlap)
       last = payload.id;
@@ -169,7 +169,7 @@ function openSocketIo(options: TaskUpdatesOptions, hooks: Hooks): () => void {
     }),
   );
   subs.add(
-    fromEvent<Error & { data?: { code?: string } }>(socket, 'connect_error').subscribe((err) => {
+    fromEvent(socket, 'connect_error', (err: Error & { data?: { code?: string } }) => err).subscribe((err) => {
       if (!socket.active) {
         // The server refused the connection (bad token, missing scope, too many streams): no retry.
         const code = err.data?.code;
@@ -181,7 +181,8 @@ function openSocketIo(options: TaskUpdatesOptions, hooks: Hooks): () => void {
     }),
   );
   subs.add(
-    fromEvent<string>(socket, 'disconnect').subscribe((reason) => {
+    // 'disconnect' has two arguments (reason, description): keep the reason.
+    fromEvent(socket, 'disconnect', (reason: string) => reason).subscribe((reason) => {
       if (reason === 'io client disconnect') return;
       hooks.state('reconnecting');
       if (reason === 'io server disconnect') socket.connect(); // e.g. the token expired; connect_error tells

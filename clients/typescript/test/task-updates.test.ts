@@ -136,6 +136,32 @@ describe.each(TRANSPORTS)('over %s', (transport) => {
     if (transport === 'sse') expect((weak.error as TaskUpdatesError).status).toBe(403);
   });
 
+  it('asks the token function again on reconnect: an expired token is replaced without a gap', async () => {
+    let token = makeToken('admin@example.com', ['updates:read', 'admin'], 2);
+    const rec = record(opts({ token: () => token }));
+    await until(isOpen(rec), 'open');
+    const first = await postUpdate(server.baseUrl, { task_id: `${transport}-exp`, title: 'first' });
+    await waitUntil(() => rec.events, (e) => e.length === 1, 5_000, 'the first event');
+    token = makeToken('admin@example.com', ['updates:read', 'admin'], 3600);
+    // The server closes the stream when the short token expires; the client comes back with the new one.
+    await until(() => rec.states.includes('reconnecting'), 'the server to close the expired stream');
+    await until(isOpen(rec), 'the reconnect');
+    const second = await postUpdate(server.baseUrl, { task_id: `${transport}-exp`, title: 'second' });
+    await waitUntil(() => rec.events, (e) => e.length === 2, 5_000, 'the second event');
+    expect(rec.events.map((e) => e.id)).toEqual([first.event_id, second.event_id]);
+    expect(rec.error).toBeUndefined();
+    rec.unsubscribe();
+  });
+
+  it('ends with unauthorized when the token expires and no new one comes', async () => {
+    const rec = record(opts({ token: makeToken('admin@example.com', ['updates:read', 'admin'], 2) }));
+    await until(isOpen(rec), 'open');
+    await until(() => rec.error !== undefined, 'the error', 15_000);
+    expect(rec.error).toMatchObject({ kind: 'unauthorized', transport });
+    expect((rec.error as Error).message).toMatch(/expired/);
+    expect(rec.states.at(-1)).toBe('closed');
+  });
+
   it('shows a reader only its own tasks', async () => {
     const rec = record(opts({ token: makeToken('alice@example.com', ['updates:read']) }));
     await until(isOpen(rec), 'open');
