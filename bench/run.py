@@ -722,6 +722,16 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def source_tree() -> dict[str, Any]:
+    """The commit of the server code measured, and the files that differed from it (others may edit the tree)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.rstrip("\n")
+
+    changed = [line[3:] for line in git("status", "--porcelain").splitlines()
+               if not line[3:].startswith(("bench/", "docs/benchmarks.md"))]
+    return {"commit": git("rev-parse", "--short", "HEAD"), "uncommitted": changed}
+
+
 def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 2) if a is not None and b is not None and b > 0 else None  # b <= 0: noise, no ratio
 
@@ -996,6 +1006,9 @@ def write_docs(results: dict[str, Any], out: Path, plots: list[Path], command: s
         f"Python {m.get('python')}, Node.js {m.get('node')}; load average at start "
         f"{', '.join(f'{x:.2f}' for x in m['load_average_at_start'])}. Database: {results['database']}; "
         f"broker: {results['broker']}.",
+        *([f"Server code: commit `{results['tree']['commit']}`"
+           + (f" with uncommitted changes in {', '.join(f'`{f}`' for f in results['tree']['uncommitted'])}"
+              if results["tree"]["uncommitted"] else "") + "."] if results.get("tree") else []),
         "",
         markdown(results, rel),
     ]
@@ -1093,7 +1106,8 @@ def main(argv: list[str] | None = None) -> int:
     run = Run(out, args)
     results: dict[str, Any] = {
         "started": dt.datetime.now().astimezone().isoformat(timespec="seconds"), "command": command.strip(),
-        "machine": machine(), "database": "PostgreSQL" if args.postgres else "SQLite (embedded default)",
+        "machine": machine(), "tree": source_tree(),
+        "database": "PostgreSQL" if args.postgres else "SQLite (embedded default)",
         "broker": "Redis" if args.redis else "in-process (embedded default)", "notes": [],
     }
 

@@ -135,8 +135,10 @@ function readers(transport) {
   function connectSio(client) {
     const { io } = require('socket.io-client');
     return new Promise((resolve) => {
+      // Like a browser, the client offers permessage-deflate unless BENCH_SIO_DEFLATE=0.
+      const deflate = process.env.BENCH_SIO_DEFLATE === '0' ? { perMessageDeflate: false } : {};
       const socket = io(base.origin, { transports: ['websocket'], reconnection: false, forceNew: true,
-        auth: { token: client.token }, timeout: 120000 });
+        auth: { token: client.token }, timeout: 120000, ...deflate });
       socket.on('connect', () => {
         client.connected = true;
         resolve();
