@@ -50,7 +50,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     settings = load_config()
     settings.setdefault("ASYNC_MODE", "threading")
     settings.update(config or {})
-    app = Flask(__name__, instance_path=settings.get("INSTANCE_PATH") or None)
+    # No static folder: the live page is served by pages.py, with its security policy.
+    app = Flask(__name__, instance_path=settings.get("INSTANCE_PATH") or None, static_folder=None)
     app.config.from_mapping(settings)
     app.json.sort_keys = False  # type: ignore[attr-defined]
 

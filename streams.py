@@ -91,9 +91,14 @@ def sse_events(hub: StreamHub, *, after_id: int | None, viewer: Viewer,
     subscription = hub.broker.subscribe(accepts, user_email=viewer.only_email)
     hub.count_sse(+1)
     try:
-        yield f"retry: {retry_ms}\n: connected\n\n".encode()
         last_id = after_id
-        if after_id is not None:
+        if after_id is None:
+            # Where the stream starts, as an id without data: the browser's EventSource
+            # resumes from it after a disconnect even if no event came in between.
+            last_id = store.last_event_id()
+            yield f"retry: {retry_ms}\nid: {last_id}\n: connected\n\n".encode()
+        else:
+            yield f"retry: {retry_ms}\n: connected\n\n".encode()
             # One write per batch read from the log, not one per event.
             for batch in replay_batches(store, after_id, viewer, task_ids):
                 yield b"".join(event.sse_frame for event in batch)
@@ -113,7 +118,7 @@ def sse_events(hub: StreamHub, *, after_id: int | None, viewer: Viewer,
                 if viewer.expires_at is not None and viewer.expires_at <= time.time():
                     return
                 yield b": heartbeat\n\n"
-            elif last_id is None or event.id > last_id:
+            elif event.id > last_id:
                 yield event.sse_frame
                 last_id = event.id
     finally:

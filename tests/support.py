@@ -223,6 +223,7 @@ class SSEClient:
         self.ids: list[int] = []
         self.comments: list[str] = []
         self.retry: int | None = None
+        self.last_event_id: int | None = None  # as a browser's EventSource keeps it
         self.status: int | None = None
         self.response_headers: dict[str, str] = {}
         self.closed = threading.Event()
@@ -260,7 +261,7 @@ class SSEClient:
             if name == "":
                 self.comments.append(value)
             elif name == "id":
-                event_id = int(value)
+                event_id = self.last_event_id = int(value)
             elif name == "data":
                 data.append(value)
             elif name == "retry":

@@ -119,3 +119,17 @@ def test_disconnected_clients_are_freed(start_server):
     probe.wait_for_events(1)
     assert probe.ids == [event_id]
     probe.close()
+
+
+def test_a_new_stream_says_where_it_starts_so_a_reconnect_misses_nothing(live_server):
+    """Connected before any event came, a browser still resumes from the right place."""
+    before = [post(live_server, "s") for _ in range(3)]
+    quiet = live_server.sse()
+    wait_for(lambda: quiet.last_event_id == before[-1], 10, "the starting id")
+    assert quiet.ids == []
+    quiet.close()
+    missed = [post(live_server, "s") for _ in range(2)]
+    resumed = live_server.sse(headers={"Last-Event-ID": str(quiet.last_event_id)})
+    resumed.wait_for_events(2)
+    assert resumed.ids == missed
+    resumed.close()
