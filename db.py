@@ -22,7 +22,7 @@ import base64
 import json
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -40,8 +40,10 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    insert,
     select,
     text,
+    update,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -74,15 +76,23 @@ class Task(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "task_id": self.task_id,
-            "user_email": self.user_email,
-            "title": self.title,
-            "description": self.description,
-            "status": self.status,
-            "created_at": isoformat(self.created_at),
-            "updated_at": isoformat(self.updated_at),
-        }
+        return task_to_dict({name: getattr(self, name) for name in TASK_FIELDS})
+
+
+TASK_FIELDS = ("task_id", "user_email", "title", "description", "status", "created_at", "updated_at")
+
+
+def task_to_dict(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A task as the API and the events show it, from a row or its values."""
+    return {
+        "task_id": row["task_id"],
+        "user_email": row["user_email"],
+        "title": row["title"],
+        "description": row["description"],
+        "status": row["status"],
+        "created_at": isoformat(row["created_at"]),
+        "updated_at": isoformat(row["updated_at"]),
+    }
 
 
 class EventRow(Base):
@@ -258,21 +268,24 @@ class Store:
         after_commit runs once the transaction is committed, before the next
         write begins, so events reach it in id order.
         """
+        # Core statements, not the ORM's unit of work: this is the hot path of every write.
+        tasks = Task.__table__
         with self._write_lock:
             with self.write_unlocked() as session:
                 self._lock_event_log(session)
-                task = session.scalar(select(Task).where(Task.task_id == task_id))
-                created = task is None
-                if (created and mode == "patch") or (task is not None and owner not in (None, task.user_email)):
+                row = session.execute(select(tasks).where(tasks.c.task_id == task_id)).mappings().first()
+                created = row is None
+                if (created and mode == "patch") or (row is not None and owner not in (None, row["user_email"])):
                     raise TaskNotFound(task_id)
                 now = utcnow()
-                if task is None:
-                    task = Task(task_id=task_id, title="", description="", status="open", created_at=now)
-                    session.add(task)
-                for name, value in fields.items():
-                    setattr(task, name, value)
-                task.updated_at = now
-                task_dict = task.to_dict()
+                if row is None:
+                    values = {"task_id": task_id, "title": "", "description": "", "status": "open",
+                              "created_at": now, **fields, "updated_at": now}
+                    session.execute(insert(tasks).values(values))
+                else:
+                    values = {**row, **fields, "updated_at": now}
+                    session.execute(update(tasks).where(tasks.c.id == row["id"]).values(**fields, updated_at=now))
+                task_dict = task_to_dict(values)
                 kind = "task.created" if created else "task.updated"
                 event_ = _record_event(session, kind, task_dict, now, outbox)
                 if idempotency is not None:
@@ -381,26 +394,22 @@ class Store:
 def _record_event(
     session: Session, kind: str, task: dict[str, Any], now: datetime, outbox: Outbox
 ) -> Event:
-    row = EventRow(type=kind, task_id=task["task_id"], user_email=task["user_email"], occurred_at=now, payload="")
-    session.add(row)
-    session.flush()  # assigns the id, which the payload carries
-    payload = {"id": row.id, "type": kind, "task_id": task["task_id"], "task": task, "occurred_at": isoformat(now)}
-    row.payload = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
-    for channel, recipient in outbox.targets:
-        session.add(
-            Notification(
-                event_id=row.id,
-                task_id=task["task_id"],
-                user_email=task["user_email"],
-                channel=channel,
-                recipient=recipient or task["user_email"],
-                status="pending",
-                attempts=0,
-                next_attempt_at=now,
-                created_at=now,
-            )
-        )
-    return row.to_event()
+    events = EventRow.__table__
+    event_id = session.execute(
+        insert(events).values(type=kind, task_id=task["task_id"], user_email=task["user_email"],
+                              occurred_at=now, payload="").returning(events.c.id)
+    ).scalar_one()
+    payload = {"id": event_id, "type": kind, "task_id": task["task_id"], "task": task, "occurred_at": isoformat(now)}
+    data = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    session.execute(update(events).where(events.c.id == event_id).values(payload=data))
+    if outbox.targets:
+        session.execute(insert(Notification.__table__), [
+            {"event_id": event_id, "task_id": task["task_id"], "user_email": task["user_email"], "channel": channel,
+             "recipient": recipient or task["user_email"], "status": "pending", "attempts": 0,
+             "next_attempt_at": now, "created_at": now}
+            for channel, recipient in outbox.targets
+        ])
+    return Event(id=event_id, task_id=task["task_id"], user_email=task["user_email"], data=data)
 
 
 def _record_key(session: Session, idempotency: Idempotency, event_id: int, created: bool, now: datetime) -> None:
