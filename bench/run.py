@@ -839,7 +839,7 @@ def markdown(results: dict[str, Any], plots: list[str]) -> str:
                     continue
                 what = (f"per user ({r['users']} users) " if r["users"] else "to all ") + \
                     f"{r['sse_clients']}+{r['sio_clients']}, {r['rate']:g}/s × {r['seconds']:g} s" + \
-                    (f" (#{pair['repeat']})" if max(x.get("repeat", 1) for x in fans) > 1 else "")
+                    (f" (#{pair.get('repeat', 1)})" if max(x.get("repeat", 1) for x in fans) > 1 else "")
                 for t in TRANSPORTS:
                     if t not in r:
                         continue

@@ -151,6 +151,14 @@ io.on('connection', (socket) => {
   socket.join(socket.data.who.all ? 'all' : 'user:' + socket.data.who.sub);
 });
 
+// Event-loop stalls longer than 100 ms go to the log: the suite's reader of last resort when latencies jump.
+let tick = Date.now();
+setInterval(() => {
+  const now = Date.now();
+  if (now - tick > 200) console.log(`${new Date(now).toISOString()} event loop stalled ${now - tick - 100} ms`);
+  tick = now;
+}, 100).unref();
+
 server.listen(PORT, HOST, () => {
   console.log(`reference server on http://${HOST}:${PORT} (pid ${process.pid})`);
 });
