@@ -366,12 +366,27 @@ class Store:
         limit: int = 1000,
     ) -> list[Event]:
         """Events with ids above after_id (and at most until_id), oldest first."""
-        query = (
-            select(EventRow.id, EventRow.task_id, EventRow.user_email, EventRow.payload)
-            .where(EventRow.id > after_id)
-            .order_by(EventRow.id)
-            .limit(limit)
-        )
+        columns = (EventRow.id, EventRow.task_id, EventRow.user_email, EventRow.payload)
+        rows = self._read_events(columns, after_id, task_ids, user_email, until_id, limit)
+        return [Event(id=r[0], task_id=r[1], user_email=r[2], data=r[3]) for r in rows]
+
+    def sse_frames_after(
+        self, after_id: int, *, task_ids: frozenset[str] | None = None, user_email: str | None = None,
+        limit: int = 1000,
+    ) -> tuple[int, int, bytes]:
+        """The events after after_id as Server-Sent Events bytes: (how many, the last id, the bytes).
+
+        The replay path: rows go straight to the wire format, with no object per event.
+        """
+        rows = self._read_events((EventRow.id, EventRow.payload), after_id, task_ids, user_email, None, limit)
+        if not rows:
+            return 0, after_id, b""
+        frames = "".join([f"id: {event_id}\ndata: {payload}\n\n" for event_id, payload in rows])
+        return len(rows), rows[-1][0], frames.encode()
+
+    def _read_events(self, columns: tuple[Any, ...], after_id: int, task_ids: frozenset[str] | None,
+                     user_email: str | None, until_id: int | None, limit: int) -> list[Any]:
+        query = select(*columns).where(EventRow.id > after_id).order_by(EventRow.id).limit(limit)
         if until_id is not None:
             query = query.where(EventRow.id <= until_id)
         if task_ids:
@@ -379,8 +394,7 @@ class Store:
         if user_email is not None:
             query = query.where(EventRow.user_email == user_email)
         with self.engine.connect() as conn:
-            rows = conn.execute(query).all()
-        return [Event(id=r[0], task_id=r[1], user_email=r[2], data=r[3]) for r in rows]
+            return list(conn.execute(query).all())
 
     def last_event_id(self) -> int:
         with self.engine.connect() as conn:

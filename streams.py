@@ -61,24 +61,16 @@ def parse_task_ids(values: list[str]) -> frozenset[str] | None:
 
 
 
-def replay_batches(store: Store, after_id: int, viewer: Viewer, task_ids: frozenset[str] | None,
-                   until_id: int | None = None) -> Iterator[list[Event]]:
-    """Non-empty batches of the events after after_id from the log, in id order."""
-    while True:
-        batch = store.events_after(after_id, task_ids=task_ids, user_email=viewer.only_email,
-                                   until_id=until_id, limit=REPLAY_BATCH)
-        if batch:
-            yield batch
-        if len(batch) < REPLAY_BATCH:
-            return
-        after_id = batch[-1].id
-
-
 def replay(store: Store, after_id: int, viewer: Viewer, task_ids: frozenset[str] | None,
            until_id: int | None = None) -> Iterator[Event]:
     """Events after after_id from the log, in id order, read in batches."""
-    for batch in replay_batches(store, after_id, viewer, task_ids, until_id):
+    while True:
+        batch = store.events_after(after_id, task_ids=task_ids, user_email=viewer.only_email,
+                                   until_id=until_id, limit=REPLAY_BATCH)
         yield from batch
+        if len(batch) < REPLAY_BATCH:
+            return
+        after_id = batch[-1].id
 
 
 def sse_events(hub: StreamHub, *, after_id: int | None, viewer: Viewer,
@@ -100,9 +92,13 @@ def sse_events(hub: StreamHub, *, after_id: int | None, viewer: Viewer,
         else:
             yield f"retry: {retry_ms}\n: connected\n\n".encode()
             # One write per batch read from the log, not one per event.
-            for batch in replay_batches(store, after_id, viewer, task_ids):
-                yield b"".join(event.sse_frame for event in batch)
-                last_id = batch[-1].id
+            while True:
+                count, last_id, frames = store.sse_frames_after(
+                    last_id, task_ids=task_ids, user_email=viewer.only_email, limit=REPLAY_BATCH)
+                if count:
+                    yield frames
+                if count < REPLAY_BATCH:
+                    break
         while True:
             timeout = heartbeat
             if viewer.expires_at is not None:

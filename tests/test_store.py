@@ -108,6 +108,11 @@ def test_replay_reads_after_an_id_with_filters(store):
     assert [e.id for e in store.events_after(0, user_email="u1@example.com")] == [2, 4, 6]
     assert [e.id for e in store.events_after(0, until_id=3, limit=2)] == [1, 2]
     assert store.last_event_id() == 6
+    count, last, frames = store.sse_frames_after(1, task_ids=frozenset({"t1", "t2"}), limit=3)
+    expected = [e for e in store.events_after(1) if e.task_id in ("t1", "t2")][:3]
+    assert (count, last) == (3, expected[-1].id)
+    assert frames == b"".join(e.sse_frame for e in expected)
+    assert store.sse_frames_after(6) == (0, 6, b"")
 
 
 def test_cursor_round_trip_and_refusal():
