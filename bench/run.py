@@ -1,7 +1,7 @@
 """The benchmark suite: our server beside a minimal Node.js reference server, on this machine, in one run.
 
     bench/run                      # full sizes of issue 6 (about 20-30 minutes)
-    bench/run --quick              # small sizes, a couple of minutes
+    bench/run --quick              # small sizes, about four minutes
     bench/run --only fanout,memory # some scenarios
     bench/run --postgres --redis   # our server on PostgreSQL (127.0.0.1:5432) and Redis (127.0.0.1:6379)
 
@@ -999,7 +999,7 @@ def write_docs(results: dict[str, Any], out: Path, plots: list[Path], command: s
         "```sh",
         "bin/setup            # or any .venv with requirements-dev.txt (matplotlib, numpy)",
         "bench/run            # full sizes (this page); writes bench/results/<timestamp>/ and docs/benchmarks.md",
-        "bench/run --quick    # small sizes, a couple of minutes",
+        "bench/run --quick    # small sizes, about four minutes",
         "bench/run --only fanout,memory --postgres --redis   # chosen scenarios, our server on PostgreSQL + Redis",
         "```",
         "",
@@ -1081,7 +1081,7 @@ SCENARIOS = ("write", "fanout", "peruser", "memory", "backlog")
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench/run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small sizes: a couple of minutes")
+    parser.add_argument("--quick", action="store_true", help="small sizes: about four minutes")
     parser.add_argument("--only", default=",".join(SCENARIOS),
                         help=f"comma-separated scenarios among {', '.join(SCENARIOS)} (default: all)")
     parser.add_argument("--servers", default="ref,ours", help="servers of the fan-out and memory runs (ref,ours)")
