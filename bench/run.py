@@ -1,6 +1,6 @@
 """The benchmark suite: our server beside a minimal Node.js reference server, on this machine, in one run.
 
-    bench/run                      # full sizes of issue 6 (about 20-30 minutes)
+    bench/run                      # full sizes of issue 6 (about 12 minutes here)
     bench/run --quick              # small sizes, about four minutes
     bench/run --only fanout,memory # some scenarios
     bench/run --postgres --redis   # our server on PostgreSQL (127.0.0.1:5432) and Redis (127.0.0.1:6379)
