@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,8 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from app import create_app, shutdown  # noqa: E402
-from db import normalize_url  # noqa: E402
-from support import SECRET, LiveServer, SMTPServer, require_service  # noqa: E402
+from support import SECRET, LiveServer, RedisServer, SMTPServer, postgres_database  # noqa: E402
 
 # TEST_DATABASE=postgresql runs every test on its own PostgreSQL database (bin/test does, after SQLite).
 TEST_DATABASE = os.environ.get("TEST_DATABASE", "sqlite")
@@ -31,21 +30,20 @@ def database_url(tmp_path: Path) -> Iterator[str]:
     if TEST_DATABASE != "postgresql":
         yield f"sqlite:///{tmp_path / 'tasks.db'}"
         return
-    from sqlalchemy import create_engine
-    from sqlalchemy.engine import make_url
+    with postgres_database(POSTGRES_URL) as url:
+        yield url
 
-    server = make_url(normalize_url(POSTGRES_URL))
-    require_service(server.host or "127.0.0.1", server.port or 5432, "PostgreSQL")
-    name = f"test_{uuid.uuid4().hex[:16]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield server.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    if shutil.which("redis-server") is None:
+        message = "redis-server is not installed (bin/test installs it with apt-get)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +16,7 @@ import redis
 
 from broker import BrokerUnavailable, Event, Subscription, SubscriptionClosed
 from redis_broker import RECONNECTED, RedisBroker
-from support import ROOT, free_port, require_service, wait_for
+from support import ROOT, RedisServer, require_service, wait_for
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -206,57 +203,12 @@ def test_close_is_idempotent_and_stops_the_listener(make_broker: Callable[..., R
     broker.publish(event(1))  # ignored, no error
 
 
-class RedisServer:
-    """A redis-server of this test's own on a free port, which the test stops and starts again."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.workdir = workdir
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> RedisServer:
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(self._answers, 10, "redis-server to answer")
-        return self
-
-    def _answers(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    if shutil.which("redis-server") is None:
-        message = "redis-server is not installed (apt-get install redis-server)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    server = RedisServer(tmp_path).start()
-    yield server
-    server.stop()
-
-
-def test_an_outage_is_reported_and_survived(make_broker: Callable[..., RedisBroker], own_redis: RedisServer) -> None:
-    broker = make_broker(own_redis.url, timeout=1.0, backoff_max_seconds=0.5)
+def test_an_outage_is_reported_and_survived(make_broker: Callable[..., RedisBroker], redis_server: RedisServer) -> None:
+    broker = make_broker(redis_server.url, timeout=1.0, backoff_max_seconds=0.5)
     before = broker.subscribe()
     broker.ping()
 
-    own_redis.stop()
+    redis_server.stop()
     with pytest.raises(BrokerUnavailable):
         broker.ping()
     started = time.monotonic()
@@ -266,7 +218,7 @@ def test_an_outage_is_reported_and_survived(make_broker: Callable[..., RedisBrok
     wait_for(lambda: not broker.listening, 10, "the listener to notice")
     during = broker.subscribe()  # waits at most the timeout, then gives a subscription that may miss events
 
-    own_redis.start()
+    redis_server.start()
 
     assert closed_reason(before) == RECONNECTED
     assert closed_reason(during) == RECONNECTED
@@ -332,13 +284,13 @@ def test_works_under_eventlet_monkey_patching(redis_url: str) -> None:
 
 
 def test_a_quiet_channel_stays_connected_and_a_silent_server_is_left(
-        make_broker: Callable[..., RedisBroker], own_redis: RedisServer) -> None:
-    broker = make_broker(own_redis.url, timeout=1.0, health_seconds=0.5, backoff_max_seconds=0.3)
+        make_broker: Callable[..., RedisBroker], redis_server: RedisServer) -> None:
+    broker = make_broker(redis_server.url, timeout=1.0, health_seconds=0.5, backoff_max_seconds=0.3)
     subscription = broker.subscribe()
     assert subscription.get(timeout=2.5) is None  # several PINGs answered: nothing closed
     assert broker.listening and broker.subscriber_count == 1
 
-    admin = redis.Redis.from_url(own_redis.url)
+    admin = redis.Redis.from_url(redis_server.url)
     admin.execute_command("CLIENT", "PAUSE", "2500", "ALL")  # the server answers nobody for 2.5 s
     admin.close()
     assert closed_reason(subscription) == RECONNECTED
