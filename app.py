@@ -89,7 +89,7 @@ def make_broker(config: Mapping[str, Any], store: db.Store) -> Broker:
         return InMemoryBroker(config["STREAM_QUEUE_SIZE"])
     from redis_broker import RedisBroker  # only a scaled-out deployment needs redis installed
 
-    remote = RedisBroker(config["REDIS_URL"], queue_size=config["STREAM_QUEUE_SIZE"])
+    remote = RedisBroker(config["REDIS_URL"], channel=config["REDIS_CHANNEL"], queue_size=config["STREAM_QUEUE_SIZE"])
     return RelayedBroker(remote, store, config["STREAM_QUEUE_SIZE"])
 
 

@@ -37,6 +37,7 @@ SETTINGS: dict[str, tuple[Any, Callable[[str], Any]]] = {
     "INSTANCE_PATH": (None, as_str),
     "DATABASE_URL": (None, as_str),
     "REDIS_URL": (None, as_str),
+    "REDIS_CHANNEL": ("task-events", as_str),
     "SECRET_KEY": (None, as_str),
     "SMTP_HOST": (None, as_str),
     "SMTP_PORT": (25, as_int),

@@ -353,6 +353,7 @@ def init_app(app: Flask, store: Store, broker: Broker) -> StreamHub:
         app,
         async_mode=app.config["ASYNC_MODE"],
         message_queue=app.config.get("REDIS_URL"),
+        channel=f"{app.config['REDIS_CHANNEL']}-socketio",
         cors_allowed_origins=origin_allowed,
         logger=False,
         engineio_logger=False,

@@ -237,3 +237,20 @@ def test_the_whole_flow_under_load_from_many_threads(start_server, postgres_url,
         assert reader.ids == sorted(written)
     for reader in readers:
         reader.close()
+
+
+def test_deployments_sharing_one_redis_keep_to_their_own_channel(start_server, redis_server, tmp_path):
+    common = {"REDIS_URL": redis_server.url, "NOTIFY_WORKERS": "0"}
+    one = start_server(REDIS_CHANNEL="one", INSTANCE_PATH=str(tmp_path / "one"),
+                       DATABASE_URL=f"sqlite:///{tmp_path / 'one.db'}", **common)
+    two = start_server(REDIS_CHANNEL="two", INSTANCE_PATH=str(tmp_path / "two"),
+                       DATABASE_URL=f"sqlite:///{tmp_path / 'two.db'}", **common)
+    watch_one, watch_two = one.sse(), two.sse()
+    first = post(one, "mine")
+    watch_one.wait_for_events(1)
+    second = post(two, "theirs")
+    watch_two.wait_for_events(1)
+    assert watch_two.events[0]["task_id"] == "theirs" and watch_two.ids == [second]
+    assert watch_one.ids == [first]
+    watch_one.close()
+    watch_two.close()
