@@ -158,8 +158,9 @@ class _Client:
 class StreamHub:
     """Relays broker events to Socket.IO rooms, one emit per event for all its clients.
 
-    Rooms: "all" holds the clients that watch every task; "task:<id>" those that
-    subscribed to chosen tasks. Per-user filtering joins a "user:<email>" room.
+    Rooms: "all" holds the readers of every task (admins, or everyone with auth
+    off) and "task:<id>" those that subscribed to chosen tasks; a reader limited
+    to its own tasks joins "user:<email>/all" or "user:<email>/task:<id>" instead.
     """
 
     def __init__(self, socketio: SocketIO, store: Store, broker: Broker, max_per_user: int = 20) -> None:
