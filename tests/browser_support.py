@@ -19,6 +19,8 @@ import jwt
 import pytest
 import requests
 
+from support import wait_for
+
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -60,17 +62,6 @@ def make_token(user: str = USER, scopes: tuple[str, ...] = USER_SCOPES, expires_
     now = int(time.time())
     return jwt.encode({"sub": user, "scope": " ".join(scopes), "iat": now, "exp": now + expires_in}, SECRET,
                       algorithm="HS256")
-
-
-def wait_until(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 @dataclass
@@ -116,7 +107,7 @@ class ApiServer:
                 return False
 
         try:
-            wait_until(healthy, timeout, f"{self.url}/healthz")
+            wait_for(healthy, timeout, f"{self.url}/healthz")
         except BaseException:
             self.stop()
             raise

@@ -14,7 +14,9 @@ from flask.testing import FlaskClient
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import migrate  # noqa: E402
 from app import create_app, shutdown  # noqa: E402
+from db import Store  # noqa: E402
 from support import SECRET, LiveServer, RedisServer, SMTPServer, postgres_database  # noqa: E402
 
 # TEST_DATABASE=postgresql runs every test on its own PostgreSQL database (bin/test does, after SQLite).
@@ -44,6 +46,15 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path).start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[Store]:
+    """A store on this test's own database, with the schema the migrations make."""
+    migrate.upgrade(database_url)
+    store = Store(database_url)
+    yield store
+    store.dispose()
 
 
 @pytest.fixture

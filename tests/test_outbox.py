@@ -34,14 +34,6 @@ class RecordingChannel:
         self.sent.append(delivery)
 
 
-@pytest.fixture
-def store(database_url):
-    store = Store(database_url)
-    store.create_schema()
-    yield store
-    store.dispose()
-
-
 def add_task(store: Store, task_id: str = "1") -> int:
     _, event, _ = store.change_task(task_id, {"user_email": "a@example.com"}, mode="upsert",
                                     outbox=Outbox(targets=(("log", "log"),)), after_commit=lambda e: None)

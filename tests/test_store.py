@@ -9,15 +9,6 @@ from sqlalchemy import func, select
 
 from db import EventRow, Notification, Outbox, Store, Task, decode_cursor, encode_cursor
 
-
-@pytest.fixture
-def store(database_url):
-    store = Store(database_url)
-    store.create_schema()
-    yield store
-    store.dispose()
-
-
 EMAIL_AND_LOG = Outbox(targets=(("email", None), ("log", "log")))
 
 
