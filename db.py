@@ -108,9 +108,6 @@ class EventRow(Base):
     # The wire payload, JSON-encoded once when the event is written.
     payload: Mapped[str] = mapped_column(Text)
 
-    def to_event(self) -> Event:
-        return Event(id=self.id, task_id=self.task_id, user_email=self.user_email, data=self.payload)
-
 
 class Notification(Base):
     """One delivery of one event through one channel: the outbox row."""
