@@ -32,6 +32,11 @@ class Event:
         """The event as Server-Sent Events lines, encoded once for every stream that sends it."""
         return f"id: {self.id}\ndata: {self.data}\n\n".encode()
 
+    @cached_property
+    def sse_chunk(self) -> bytes:
+        """sse_frame as one chunk of a chunked HTTP/1.1 response, for streams written straight to their socket."""
+        return b"%x\r\n%b\r\n" % (len(self.sse_frame), self.sse_frame)
+
 
 class SubscriptionClosed(Exception):
     """The subscription ended: closed by its owner, by the broker, or because its reader fell behind."""
@@ -81,20 +86,32 @@ class Subscription:
         if self._closed_reason is not None:
             return
         self._closed_reason = reason
-        self._broker._remove(self)
+        self._broker.detach(self)
         try:
             self._queue.put_nowait(_CLOSED)  # wakes a reader waiting in get()
         except queue.Full:
             pass  # a full queue means the reader is not waiting
 
 
+class Reader(Protocol):
+    """Whatever the broker hands events to: a Subscription, or a stream that writes them out itself."""
+
+    def offer(self, event: Event) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class Broker(Protocol):
-    """What the API (publish) and the streams (subscribe) need of a broker."""
+    """What the API (publish) and the streams (subscribe, attach) need of a broker."""
 
     def publish(self, event: Event) -> None: ...
 
     def subscribe(self, accepts: Callable[[Event], bool] | None = None, *,
                   user_email: str | None = None) -> Subscription: ...
+
+    def attach(self, reader: Reader, *, user_email: str | None = None) -> None: ...
+
+    def detach(self, reader: Reader) -> None: ...
 
     def close(self) -> None: ...
 
@@ -121,46 +138,52 @@ class InMemoryBroker:
     def __init__(self, queue_size: int = 1000) -> None:
         self._queue_size = queue_size
         self._lock = threading.Lock()
-        # user_email (None: every user) -> subscriptions; replaced, never changed in place,
+        # user_email (None: every user) -> readers; replaced, never changed in place,
         # so publish reads it without taking the lock.
-        self._by_user: dict[str | None, tuple[Subscription, ...]] = {}
-        self._users: dict[Subscription, str | None] = {}
+        self._by_user: dict[str | None, tuple[Reader, ...]] = {}
+        self._users: dict[Reader, str | None] = {}
 
     def publish(self, event: Event) -> None:
         index = self._by_user
-        for subscription in index.get(None, ()):
-            subscription.offer(event)
-        for subscription in index.get(event.user_email, ()):
-            subscription.offer(event)
+        for reader in index.get(None, ()):
+            reader.offer(event)
+        for reader in index.get(event.user_email, ()):
+            reader.offer(event)
 
     def subscribe(self, accepts: Callable[[Event], bool] | None = None, *,
                   user_email: str | None = None) -> Subscription:
         """A subscription to every event, or only to user_email's events when given."""
         subscription = Subscription(self, self._queue_size, accepts)
+        self.attach(subscription, user_email=user_email)
+        return subscription
+
+    def attach(self, reader: Reader, *, user_email: str | None = None) -> None:
+        """Offer reader every event, or only user_email's events when given, until detached."""
         with self._lock:
             index = dict(self._by_user)
-            index[user_email] = (*index.get(user_email, ()), subscription)
+            index[user_email] = (*index.get(user_email, ()), reader)
             self._by_user = index
-            self._users[subscription] = user_email
-        return subscription
+            self._users[reader] = user_email
 
     def close(self) -> None:
         """Close every subscription; idempotent."""
-        for subscriptions in list(self._by_user.values()):
-            for subscription in subscriptions:
-                subscription.close()
+        for readers in list(self._by_user.values()):
+            for reader in readers:
+                reader.close()
+                self.detach(reader)
 
     @property
     def subscriber_count(self) -> int:
         return len(self._users)
 
-    def _remove(self, subscription: Subscription) -> None:
+    def detach(self, reader: Reader) -> None:
+        """Stop offering events to reader; idempotent."""
         with self._lock:
-            if subscription not in self._users:
+            if reader not in self._users:
                 return
-            user = self._users.pop(subscription)
+            user = self._users.pop(reader)
             index = dict(self._by_user)
-            remaining = tuple(s for s in index.get(user, ()) if s is not subscription)
+            remaining = tuple(r for r in index.get(user, ()) if r is not reader)
             if remaining:
                 index[user] = remaining
             else:
@@ -204,6 +227,13 @@ class RelayedBroker:
                   user_email: str | None = None) -> Subscription:
         self.start()
         return self.local.subscribe(accepts, user_email=user_email)
+
+    def attach(self, reader: Reader, *, user_email: str | None = None) -> None:
+        self.start()
+        self.local.attach(reader, user_email=user_email)
+
+    def detach(self, reader: Reader) -> None:
+        self.local.detach(reader)
 
     def start(self) -> None:
         """Start relaying (idempotent; subscribe starts it too)."""

@@ -60,6 +60,7 @@ SETTINGS: dict[str, tuple[Any, Callable[[str], Any]]] = {
     "SSE_HEARTBEAT_SECONDS": (15.0, as_float),
     "SSE_RETRY_MS": (2000, as_int),
     "STREAM_QUEUE_SIZE": (1000, as_int),
+    "DIRECT_WRITES": (True, as_bool),
     "MAX_CONNECTIONS": (10000, as_int),
     "MAX_CONTENT_LENGTH": (64 * 1024, as_int),
     "AUTH_DISABLED": (False, as_bool),

@@ -175,7 +175,8 @@ class RedisBroker:
         """Whether the listener is subscribed to the channel now."""
         return self._live.is_set()
 
-    def _remove(self, subscription: Subscription) -> None:
+    def detach(self, subscription: Subscription) -> None:
+        """Forget a closed subscription; idempotent."""
         with self._lock:
             self._subscriptions = tuple(s for s in self._subscriptions if s is not subscription)
             self._stale.discard(subscription)

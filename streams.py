@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from engineio.packet import MESSAGE as ENGINEIO_MESSAGE
+from engineio.packet import Packet as EngineIOPacket
 from flask import Blueprint, Flask, Response, current_app, request
 from flask_socketio import ConnectionRefusedError as SocketIORefused
 from flask_socketio import SocketIO
@@ -27,6 +29,7 @@ from auth import EVERYONE, TokenError, Viewer, authenticate, viewer_for_token
 from broker import Broker, Event, SubscriptionClosed
 from db import MAX_ID, Store
 from errors import APIError
+from fanout import DirectWebSockets, SSEWriter, stream_socket, websocket_text_frame
 
 logger = logging.getLogger(__name__)
 
@@ -73,14 +76,22 @@ def replay(store: Store, after_id: int, viewer: Viewer, task_ids: frozenset[str]
         after_id = batch[-1].id
 
 
-def sse_events(hub: StreamHub, *, after_id: int | None, viewer: Viewer,
-               task_ids: frozenset[str] | None, heartbeat: float, retry_ms: int) -> Iterator[bytes]:
-    """The byte stream of one SSE response: retry line, replay, then live events and heartbeats."""
+def sse_events(hub: StreamHub, *, after_id: int | None, viewer: Viewer, task_ids: frozenset[str] | None,
+               heartbeat: float, retry_ms: int, green_socket: Any = None) -> Iterator[bytes]:
+    """The byte stream of one SSE response: retry line, replay, then live events and heartbeats.
+
+    With green_socket (eventlet), the live part is written straight to the socket
+    by the publisher (fanout.SSEWriter) and this generator yields nothing more.
+    """
     store = hub.store
     # Subscribe before reading the log: an event committed after the read is then
-    # in the queue, and the id check below drops what the read already sent.
+    # held for this stream, and the id check drops what the read already sent.
     accepts = None if task_ids is None else (lambda event: event.task_id in task_ids)
-    subscription = hub.broker.subscribe(accepts, user_email=viewer.only_email)
+    writer = None if green_socket is None else SSEWriter(green_socket, accepts, hub.queue_size)
+    if writer is not None:
+        hub.broker.attach(writer, user_email=viewer.only_email)
+    else:
+        subscription = hub.broker.subscribe(accepts, user_email=viewer.only_email)
     hub.count_sse(+1)
     try:
         last_id = after_id
@@ -99,6 +110,9 @@ def sse_events(hub: StreamHub, *, after_id: int | None, viewer: Viewer,
                     yield frames
                 if count < REPLAY_BATCH:
                     break
+        if writer is not None:
+            logger.info("SSE stream ended: %s", writer.run(last_id, heartbeat, viewer.expires_at))
+            return
         while True:
             timeout = heartbeat
             if viewer.expires_at is not None:
@@ -118,7 +132,11 @@ def sse_events(hub: StreamHub, *, after_id: int | None, viewer: Viewer,
                 yield event.sse_frame
                 last_id = event.id
     finally:
-        subscription.close()
+        if writer is not None:
+            writer.close()
+            hub.broker.detach(writer)
+        else:
+            subscription.close()
         hub.count_sse(-1)
 
 
@@ -136,7 +154,8 @@ def task_updates() -> Response:
                        headers={"Retry-After": "5"})
     config = current_app.config
     body = sse_events(streams, after_id=after_id, viewer=viewer, task_ids=task_ids,
-                      heartbeat=config["SSE_HEARTBEAT_SECONDS"], retry_ms=config["SSE_RETRY_MS"])
+                      heartbeat=config["SSE_HEARTBEAT_SECONDS"], retry_ms=config["SSE_RETRY_MS"],
+                      green_socket=stream_socket(request.environ) if streams.direct_writes else None)
     # No stream_with_context: the stream needs nothing of the request, so an idle
     # stream does not keep the request context alive.
     response = Response(
@@ -163,11 +182,16 @@ class StreamHub:
     to its own tasks joins "user:<email>/all" or "user:<email>/task:<id>" instead.
     """
 
-    def __init__(self, socketio: SocketIO, store: Store, broker: Broker, max_per_user: int = 20) -> None:
+    def __init__(self, socketio: SocketIO, store: Store, broker: Broker, max_per_user: int = 20,
+                 queue_size: int = 1000, direct_writes: bool = True) -> None:
         self.socketio = socketio
         self.store = store
         self.broker = broker
         self.max_per_user = max_per_user
+        self.queue_size = queue_size
+        # Off only to measure what writing straight to the sockets saves (bench, DIRECT_WRITES=0).
+        self.direct_writes = direct_writes
+        self._websockets = DirectWebSockets(socketio.server.eio) if direct_writes else None
         self._per_user: Counter[str] = Counter()
         self._expiries: list[tuple[float, str]] = []  # (expires_at, sid), a heap
         self._lock = threading.Lock()
@@ -230,16 +254,36 @@ class StreamHub:
             if event is None:
                 continue
             with self._lock:
-                if event.id > self._position:
-                    self._emit(event)
+                slow = self._emit(event) if event.id > self._position else []
+            for eio_sid in slow:  # outside the lock: disconnecting calls our disconnect handler
+                logger.info("closing Socket.IO connection %s: it fell more than %s events behind",
+                            eio_sid, self.queue_size)
+                self._websockets.cut(eio_sid)  # type: ignore[union-attr]
         subscription.close()
 
-    def _emit(self, event: Event) -> None:
+    def _emit(self, event: Event) -> list[str]:
+        """Send event to the rooms that may see it; return the Engine.IO ids of clients too far behind to keep."""
         user = f"user:{event.user_email}/"
         rooms = ["all", f"task:{event.task_id}", user + "all", f"{user}task:{event.task_id}"]
-        # ignore_queue: every process relays the ordered event stream to its own clients.
-        self.socketio.emit("task_update", json.loads(event.data), to=rooms, ignore_queue=True)
         self._position = event.id
+        if self._websockets is None or not self._websockets.enabled:
+            # ignore_queue: every process relays the ordered event stream to its own clients.
+            self.socketio.emit("task_update", json.loads(event.data), to=rooms, ignore_queue=True)
+            return []
+        # The Socket.IO EVENT packet inside an Engine.IO MESSAGE, encoded once for every client.
+        message = f'2["task_update",{event.data}]'
+        frame = websocket_text_frame(f"4{message}".encode())
+        server, slow, packet = self.socketio.server, [], None
+        for _sid, eio_sid in server.manager.get_participants("/", rooms):
+            if self._websockets.send(eio_sid, frame):
+                continue
+            # Not a websocket that is free right now: queue it behind what it has.
+            packet = packet or EngineIOPacket(ENGINEIO_MESSAGE, message)
+            server.eio.send_packet(eio_sid, packet)
+            eio_socket = server.eio.sockets.get(eio_sid)
+            if eio_socket is not None and eio_socket.queue.qsize() > self.queue_size:
+                slow.append(eio_sid)
+        return slow
 
     def _disconnect_expired(self) -> None:
         """Close the Socket.IO connections whose token has expired."""
@@ -359,7 +403,8 @@ def init_app(app: Flask, store: Store, broker: Broker) -> StreamHub:
         logger=False,
         engineio_logger=False,
     )
-    hub = StreamHub(socketio, store, broker, app.config["MAX_STREAMS_PER_USER"])
+    hub = StreamHub(socketio, store, broker, app.config["MAX_STREAMS_PER_USER"],
+                    queue_size=app.config["STREAM_QUEUE_SIZE"], direct_writes=app.config["DIRECT_WRITES"])
     app.extensions["streams"] = hub
 
     @socketio.on("connect")
