@@ -13,6 +13,7 @@ threads, TLS, long-polling) keeps the ordinary path: `stream_socket()` and
 
 from __future__ import annotations
 
+import _socket
 import socket
 import struct
 import threading
@@ -23,7 +24,6 @@ from typing import Any
 
 from broker import Event
 
-HEARTBEAT_CHUNK = b"e\r\n: heartbeat\n\n\r\n"
 FELL_BEHIND = "reader fell behind"
 GONE = "client went away"
 
@@ -36,18 +36,40 @@ def _abort(raw: socket.socket) -> None:
         pass
 
 
+def note_chunked(environ: dict[str, Any], start_response: Any) -> None:
+    """Note in environ whether eventlet will send the response chunked (it does for HTTP/1.1 requests).
+
+    eventlet says SERVER_PROTOCOL HTTP/1.0 whatever the request's version; its
+    request handler, which start_response closes over, knows the real one.
+    """
+    for cell in getattr(start_response, "__closure__", None) or ():
+        try:
+            version = getattr(cell.cell_contents, "request_version", None)
+        except ValueError:  # an empty cell
+            continue
+        if isinstance(version, str):
+            environ["fanout.chunked"] = version == "HTTP/1.1"
+            return
+
+
 def stream_socket(environ: dict[str, Any]) -> Any | None:
-    """The green socket of an HTTP/1.1 request served by eventlet over plain TCP, else None."""
+    """The green socket of a chunked response served by eventlet over plain TCP, else None."""
     stream = environ.get("eventlet.input")
-    if stream is None or environ.get("SERVER_PROTOCOL") != "HTTP/1.1" or environ.get("REQUEST_METHOD") != "GET":
+    if stream is None or not environ.get("fanout.chunked") or environ.get("REQUEST_METHOD") != "GET":
         return None
     green = stream.get_socket()
-    return green if type(getattr(green, "fd", None)) is socket.socket else None
+    # The plain TCP socket under eventlet's green one (_socket: monkey-patching replaces
+    # socket.socket); not TLS, whose socket cannot take a raw send of its bytes.
+    fd = getattr(green, "fd", None)
+    return green if isinstance(fd, _socket.socket) and not hasattr(fd, "getpeercert") else None
 
 
 def chunk(data: bytes) -> bytes:
     """data as one chunk of an HTTP/1.1 chunked response (eventlet streams responses that way)."""
     return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+HEARTBEAT_CHUNK = chunk(b": heartbeat\n\n")
 
 
 def websocket_text_frame(payload: bytes) -> bytes:
@@ -95,6 +117,8 @@ class SSEWriter:
     def close(self, reason: str = "closed") -> None:
         if self.closed_reason is None:
             self.closed_reason = reason
+            if reason == FELL_BEHIND:
+                _abort(self._raw)  # its own green thread may be waiting to write to it: that fails now
             self._wake.set()
 
     def run(self, last_id: int, heartbeat: float, expires_at: float | None) -> str:

@@ -29,7 +29,7 @@ from auth import EVERYONE, TokenError, Viewer, authenticate, viewer_for_token
 from broker import Broker, Event, SubscriptionClosed
 from db import MAX_ID, Store
 from errors import APIError
-from fanout import DirectWebSockets, SSEWriter, stream_socket, websocket_text_frame
+from fanout import DirectWebSockets, SSEWriter, note_chunked, stream_socket, websocket_text_frame
 
 logger = logging.getLogger(__name__)
 
@@ -365,7 +365,9 @@ class _StreamTransports:
     """WSGI middleware for the two stream transports; it wraps Flask-SocketIO's, which copies the environ.
 
     SSE: eventlet's server holds streamed output back until 4 KiB gather unless
-    the request's environ says otherwise, and an SSE client would see nothing.
+    the request's environ says otherwise, and an SSE client would see nothing;
+    and the live events written straight to the socket must be framed as
+    eventlet frames the rest of the response (chunked or not).
 
     Socket.IO over websocket: no permessage-deflate. Compressing every small
     event once per client costs more CPU than the bytes it saves, and each
@@ -379,6 +381,7 @@ class _StreamTransports:
         path = environ.get("PATH_INFO", "")
         if path == "/task_updates":
             environ["eventlet.minimum_write_chunk_size"] = 0
+            note_chunked(environ, start_response)
         elif path.startswith("/socket.io"):
             environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
         return self.wsgi_app(environ, start_response)

@@ -1,0 +1,163 @@
+"""Events written straight to the client sockets (fanout.py) against the real eventlet server.
+
+Framing at every size, order and completeness for readers that keep up, and a
+reader that stops reading cut off (it resumes by event id) without slowing the others.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import struct
+import time
+from typing import Any
+
+import pytest
+import websocket
+
+from fanout import chunk, websocket_text_frame
+from support import wait_for
+
+pytestmark = pytest.mark.skipif(os.environ.get("TEST_ASYNC_MODE", "eventlet") != "eventlet",
+                                reason="writing straight to sockets is eventlet's path")
+
+BIG = 10_000  # the largest description the API takes
+# Beyond what the kernel buffers for one connection (tcp_wmem max 4 MB plus the reader's window).
+FLOOD = 800
+
+
+def post(server: Any, task_id: str, description: str = "") -> int:
+    response = server.post("/update_task", {"task_id": task_id, "user_email": "test@example.com",
+                                            "description": description})
+    assert response.status_code == 200, response.text
+    return response.json()["event_id"]
+
+
+def test_frame_encodings() -> None:
+    assert chunk(b"id: 1\n\n") == b"7\r\nid: 1\n\n\r\n"
+    assert websocket_text_frame(b"x" * 125)[:2] == b"\x81\x7d"
+    assert websocket_text_frame(b"x" * 126)[:4] == b"\x81\x7e\x00\x7e"
+    assert websocket_text_frame(b"x" * 70_000)[:10] == b"\x81\x7f" + struct.pack("!Q", 70_000)
+    abnf = websocket.ABNF  # websocket-client's own frame reader agrees
+    frame = websocket_text_frame("42[\"é\"]".encode())
+    reader = websocket._abnf.frame_buffer(io.BytesIO(frame).read, skip_utf8_validation=False)
+    parsed = reader.recv_frame()
+    assert parsed.opcode == abnf.OPCODE_TEXT and parsed.fin and parsed.data.decode() == "42[\"é\"]"
+
+
+def test_events_of_every_size_reach_both_transports_whole_and_in_order(live_server) -> None:
+    sse = live_server.sse("/task_updates")
+    sio = live_server.socketio()
+    sizes = [0, 1, 100, 126, 1000, 5000, BIG, 3]
+    ids = [post(live_server, f"size-{n}", "d" * size) for n, size in enumerate(sizes)]
+    sse.wait_for_events(len(ids))
+    sio.wait_for_events(len(ids))
+    assert sse.ids == ids and sio.ids == ids
+    assert [len(e["task"]["description"]) for e in sse.events] == sizes
+    assert [len(e["task"]["description"]) for e in sio.events] == sizes
+    sse.close()
+    sio.close()
+
+
+def _read_chunks(data: bytes) -> list[bytes]:
+    """The complete chunks of a chunked HTTP body, in order (a cut connection may end mid-chunk)."""
+    chunks, at = [], 0
+    while True:
+        end = data.find(b"\r\n", at)
+        if end < 0:
+            return chunks
+        size = int(data[at:end], 16)
+        if size == 0 or len(data) < end + 2 + size + 2:
+            return chunks
+        chunks.append(data[end + 2:end + 2 + size])
+        assert data[end + 2 + size:end + 4 + size] == b"\r\n", "a chunk must end with CRLF"
+        at = end + 4 + size
+
+
+def _read_until_closed(read: Any, timeout: float) -> bytes:
+    data, deadline = b"", time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            piece = read()
+        except (ConnectionResetError, websocket.WebSocketConnectionClosedException):
+            return data
+        if not piece:
+            return data
+        data += piece
+    raise AssertionError(f"the server did not cut the reader off within {timeout} s")
+
+
+def test_an_sse_reader_that_stops_reading_is_cut_off_and_the_others_get_everything(start_server, smtp) -> None:
+    server = start_server(STREAM_QUEUE_SIZE="20", **smtp.env)
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.settimeout(10)
+    stalled.connect(("127.0.0.1", server.port))
+    stalled.sendall(f"GET /task_updates?access_token={server.token} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    head = b""
+    while b"retry:" not in head:
+        head += stalled.recv(4096)
+    sse, sio = server.sse("/task_updates"), server.socketio()
+
+    ids = [post(server, f"flood-{n % 10}", "x" * BIG) for n in range(FLOOD)]
+
+    sse.wait_for_events(FLOOD, 60)
+    sio.wait_for_events(FLOOD, 60)
+    assert sse.ids == ids and sio.ids == ids
+    wait_for(lambda: "SSE stream ended: reader fell behind" in server.log(), 30, "the cut-off in the log")
+    body = head.split(b"\r\n\r\n", 1)[1] + _read_until_closed(lambda: stalled.recv(65536), 30)
+    frames = b"".join(_read_chunks(body)).split(b"\n\n")
+    seen = [int(f.split(b"\n")[0][4:]) for f in frames if f.startswith(b"id: ") and b"\ndata: " in f]
+    assert 0 < len(seen) < FLOOD
+    assert seen == ids[:len(seen)], "what the cut reader got is a gapless, duplicate-free start of the stream"
+    stalled.close()
+    sse.close()
+    sio.close()
+
+
+def test_a_socketio_reader_that_stops_reading_is_cut_off_and_the_others_get_everything(start_server, smtp) -> None:
+    server = start_server(STREAM_QUEUE_SIZE="20", **smtp.env)
+    stalled = websocket.create_connection(
+        f"ws://127.0.0.1:{server.port}/socket.io/?EIO=4&transport=websocket", timeout=10,
+        sockopt=((socket.SOL_SOCKET, socket.SO_RCVBUF, 4096),))
+    assert stalled.recv().startswith("0{")  # Engine.IO open
+    stalled.send("40" + json.dumps({"token": server.token}))
+    assert stalled.recv().startswith("40{")  # Socket.IO connect accepted
+    sse, sio = server.sse("/task_updates"), server.socketio()
+
+    ids = [post(server, f"flood-{n % 10}", "x" * BIG) for n in range(FLOOD)]
+
+    sse.wait_for_events(FLOOD, 60)
+    sio.wait_for_events(FLOOD, 60)
+    assert sse.ids == ids and sio.ids == ids
+    wait_for(lambda: "events behind" in server.log(), 30, "the cut-off in the log")
+    seen: list[int] = []
+
+    def read() -> bytes:
+        message = stalled.recv()
+        if message.startswith('42["task_update",'):
+            seen.append(json.loads(message[2:])[1]["id"])
+        return b"." if message else b""
+
+    _read_until_closed(read, 30)
+    assert 0 < len(seen) < FLOOD
+    assert seen == ids[:len(seen)], "what the cut reader got is a gapless, duplicate-free start of the stream"
+    sse.close()
+    sio.close()
+
+
+def test_an_http_1_0_stream_is_not_chunked(live_server) -> None:
+    """eventlet chunks only HTTP/1.1 responses: events written past it must be framed as it frames the rest."""
+    with socket.create_connection(("127.0.0.1", live_server.port), timeout=10) as sock:
+        sock.sendall(f"GET /task_updates?access_token={live_server.token} HTTP/1.0\r\n\r\n".encode())
+        received = b""
+        while b"retry:" not in received:
+            received += sock.recv(4096)
+        event_id = post(live_server, "old-client")
+        while f"id: {event_id}\ndata: ".encode() not in received:
+            received += sock.recv(4096)
+    head, body = received.split(b"\r\n\r\n", 1)
+    assert b"chunked" not in head.lower()
+    assert body.startswith(b"retry: ") and b"\r\n" not in body
