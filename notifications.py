@@ -15,6 +15,7 @@ import logging
 import random
 import signal
 import threading
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,7 +35,9 @@ from webhooks import WebhookChannel
 
 logger = logging.getLogger(__name__)
 
-CLAIM_BATCH = 5
+CLAIM_BATCH = 10
+GATHER_SECONDS = 0.02  # after a wake-up, let a few more commits land so one claim takes them together
+FLUSH_SECONDS = 1.0  # successes of a batch are recorded together, at least this often
 _DUE = ("pending", "retrying")
 
 
@@ -135,7 +138,8 @@ class NotificationWorker:
             if batch:
                 self._deliver_batch(batch)
                 continue
-            self._wake.wait(self._idle_timeout())
+            if self._wake.wait(self._idle_timeout()):
+                self._stopping.wait(GATHER_SECONDS)
 
     def _idle_timeout(self) -> float:
         """Wait until the next retry this pool scheduled is due, or at most the poll interval."""
@@ -148,14 +152,31 @@ class NotificationWorker:
         return min(self.poll_seconds, (next_due - now).total_seconds())
 
     def _deliver_batch(self, batch: list[Delivery]) -> None:
+        # One UPDATE records the batch's successes: a crash before it means those are
+        # sent again (at least once, as after any crash), never lost.
+        sent: list[Delivery] = []
+        first_unrecorded = 0.0
         for index, delivery in enumerate(batch):
             if self._stopping.is_set():
+                self._record_sent(sent)
                 self.release([d.notification_id for d in batch[index:]])
                 return
-            self.deliver(delivery)
+            if self._attempt(delivery):
+                if not sent:
+                    first_unrecorded = time.monotonic()
+                sent.append(delivery)
+            if sent and time.monotonic() - first_unrecorded >= FLUSH_SECONDS:
+                self._record_sent(sent)
+                sent = []
+        self._record_sent(sent)
 
     def deliver(self, delivery: Delivery) -> None:
         """Send one claimed notification and record the outcome."""
+        if self._attempt(delivery):
+            self._record_sent([delivery])
+
+    def _attempt(self, delivery: Delivery) -> bool:
+        """Send one claimed notification: True when sent, else its failure is recorded."""
         channel = self.channels.get(delivery.channel)
         try:
             if channel is None:
@@ -171,7 +192,8 @@ class NotificationWorker:
             logger.exception("notification %s via %s crashed", delivery.notification_id, delivery.channel)
             self._record_failure(delivery, f"{type(exc).__name__}: {exc}", retryable=True)
         else:
-            self._record_success(delivery)
+            return True
+        return False
 
     # -- the outbox table ----------------------------------------------------------
 
@@ -219,35 +241,39 @@ class NotificationWorker:
                 .values(next_attempt_at=utcnow(), lease_owner=None, attempts=Notification.attempts - 1)
             )
 
-    def _record_success(self, delivery: Delivery) -> None:
+    def _record_sent(self, deliveries: list[Delivery]) -> None:
+        if not deliveries:
+            return
         now = utcnow()
-        self._finish(delivery, status="sent", sent_at=now, last_error=None)
+        self._finish(deliveries, status="sent", sent_at=now, last_error=None)
         if self.observer is not None:
-            occurred = datetime.fromisoformat(delivery.event["occurred_at"].rstrip("Z"))
-            self.observer.delivery(delivery.channel, "sent", (now - occurred).total_seconds())
+            for delivery in deliveries:
+                occurred = datetime.fromisoformat(delivery.event["occurred_at"].rstrip("Z"))
+                self.observer.delivery(delivery.channel, "sent", (now - occurred).total_seconds())
 
     def _record_failure(self, delivery: Delivery, error: str, *, retryable: bool) -> None:
         if not retryable or delivery.attempt >= self.policy.max_attempts:
-            self._finish(delivery, status="dead", last_error=error)
+            self._finish([delivery], status="dead", last_error=error)
             if self.observer is not None:
                 self.observer.delivery(delivery.channel, "dead", None)
             logger.error("notification %s is dead after %s attempts: %s",
                          delivery.notification_id, delivery.attempt, error)
             return
         due = utcnow() + timedelta(seconds=self.policy.delay(delivery.attempt))
-        self._finish(delivery, status="retrying", next_attempt_at=due, last_error=error)
+        self._finish([delivery], status="retrying", next_attempt_at=due, last_error=error)
         if self.observer is not None:
             self.observer.delivery(delivery.channel, "retry", None)
         if self._next_due is None or due < self._next_due:
             self._next_due = due
 
-    def _finish(self, delivery: Delivery, **values: Any) -> None:
+    def _finish(self, deliveries: list[Delivery], **values: Any) -> None:
         # Only the lease holder may settle a row: if our lease ran out and another
         # worker took the row, its outcome is the one that counts.
         with self.store.write() as session:
             session.execute(
                 update(Notification)
-                .where(Notification.id == delivery.notification_id, Notification.lease_owner == self._token)
+                .where(Notification.id.in_([d.notification_id for d in deliveries]),
+                       Notification.lease_owner == self._token)
                 .values(lease_owner=None, **values)
             )
 
