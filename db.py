@@ -385,7 +385,23 @@ class Store:
 
         The replay path: rows go straight to the wire format, with no object per event.
         """
-        rows = self._read_events((EventRow.id, EventRow.payload), after_id, task_ids, user_email, None, limit)
+        where, params = ["id > :after_id"], {"after_id": after_id, "limit": limit}
+        if task_ids:
+            names = [f"t{n}" for n in range(len(task_ids))]
+            where.append(f"task_id IN ({', '.join(':' + n for n in names)})")
+            params.update(zip(names, sorted(task_ids), strict=True))
+        if user_email is not None:
+            where.append("user_email = :user_email")
+            params["user_email"] = user_email
+        # The driver's cursor: SQLAlchemy's row objects would cost more than the read itself.
+        with self.engine.connect() as conn:
+            cursor = conn.connection.cursor()
+            try:
+                DriverSQL(cursor, self.engine.dialect).execute(
+                    f"SELECT id, payload FROM events WHERE {' AND '.join(where)} ORDER BY id LIMIT :limit", params)
+                rows = cursor.fetchall()
+            finally:
+                cursor.close()
         if not rows:
             return 0, after_id, b""
         frames = "".join([f"id: {event_id}\ndata: {payload}\n\n" for event_id, payload in rows])

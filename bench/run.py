@@ -1066,8 +1066,10 @@ READING = [
     "Delivery counts from the start of `flask --app app worker` (process start included) until the sink holds "
     "every message; the figure from the first to the last message is beside it. The bare smtplib loop sends "
     "messages of the same shape (text and HTML parts) over one connection to the same sink.",
-    "Replay is the time from the request to the last of the events read by one Node.js SSE client (which "
-    "decodes each event's JSON); the database read is `SELECT id, task_id, user_email, payload FROM events "
+    "Replay is the time from the request to the last of the events read by one Node.js SSE client, which reads "
+    "them as EventSource does (the id from the `id:` line, the data left a string for the application; runs "
+    "before 2026-11-29 07:40 also decoded each event's JSON, about half of the time then measured); "
+    "the database read is `SELECT id, task_id, user_email, payload FROM events "
     "ORDER BY id` through SQLAlchemy Core (the target's denominator) and through the bare driver.",
     "The server measured is the working tree at the time of the run (commit and uncommitted files above).",
 ]

@@ -318,18 +318,20 @@ function replayClient() {
     res.on('data', (chunk) => {
       buffer += chunk;
       let cut;
-      while ((cut = buffer.indexOf('\n\n')) >= 0) {
-        const block = buffer.slice(0, cut);
-        buffer = buffer.slice(cut + 2);
-        const line = block.split('\n').find((l) => l.startsWith('data:'));
-        if (line === undefined) continue;
-        const event = JSON.parse(line.slice(5));
+      let pos = 0;
+      // As EventSource reads a stream: the id from the id line, the data handed over as a string.
+      while ((cut = buffer.indexOf('\n\n', pos)) >= 0) {
+        const block = buffer.slice(pos, cut);
+        pos = cut + 2;
+        if (!block.startsWith('id: ') || !block.includes('\ndata: ')) continue;
+        const event = { id: Number(block.slice(4, block.indexOf('\n'))) };
         if (firstAt === null) firstAt = now();
         if (ids.has(event.id)) dups++;
         ids.add(event.id);
         received++;
         if (received >= expect) return finish('complete');
       }
+      buffer = buffer.slice(pos);
     });
     res.on('end', () => finish('ended'));
   });
