@@ -23,6 +23,7 @@ import os
 import resource
 import signal
 import sys
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,6 +33,7 @@ from flask_cors import CORS
 import auth
 import db
 import errors
+import heap
 import metrics
 import migrate
 import notifications
@@ -142,6 +144,8 @@ def main() -> None:
     app = create_app({"ASYNC_MODE": mode})
     start(app)
     socketio = app.extensions["socketio"]
+    gc_stopping = threading.Event()
+    socketio.start_background_task(heap.keep_collections_short, gc_stopping)
     if app.config["AUTH_DISABLED"] and settings["HOST"] not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("AUTH_DISABLED=1 while listening on %s: every machine that reaches this port may read "
                        "and write every task", settings["HOST"])
@@ -155,6 +159,7 @@ def main() -> None:
         socketio.start_background_task(_stop_and_exit)
 
     def _stop_and_exit() -> None:
+        gc_stopping.set()
         shutdown(app)
         logger.info("stopped")
         logging.shutdown()

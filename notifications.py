@@ -87,7 +87,10 @@ class NotificationWorker:
         self.poll_seconds = poll_seconds
         self.state = WorkerState.CREATED
         self._token = uuid.uuid4().hex  # this pool's name on the leases it holds
-        self._wake = threading.Event()
+        # A commit wakes one idle worker, not all of them: at a few writes a second,
+        # waking every worker made each run a claim transaction that mostly found nothing.
+        self._work = threading.Condition()
+        self._work_waiting = False  # set by wake(), cleared by the worker about to claim
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._state_lock = threading.Lock()
@@ -104,8 +107,10 @@ class NotificationWorker:
             self._threads.append(thread)
 
     def wake(self) -> None:
-        """Tell the workers that work is waiting (called after a commit that wrote outbox rows)."""
-        self._wake.set()
+        """Tell a worker that work is waiting (called after a commit that wrote outbox rows)."""
+        with self._work:
+            self._work_waiting = True
+            self._work.notify()
 
     def stop(self, timeout: float | None = 10.0) -> None:
         """Stop claiming, let in-flight deliveries finish within timeout, release the rest; idempotent."""
@@ -115,7 +120,8 @@ class NotificationWorker:
             was_running = self.state is WorkerState.RUNNING
             self.state = WorkerState.STOPPING
         self._stopping.set()
-        self._wake.set()
+        with self._work:
+            self._work.notify_all()
         if was_running:
             for thread in self._threads:
                 thread.join(timeout)
@@ -128,7 +134,8 @@ class NotificationWorker:
 
     def _run(self) -> None:
         while not self._stopping.is_set():
-            self._wake.clear()
+            with self._work:
+                self._work_waiting = False
             try:
                 batch = self.claim_due(CLAIM_BATCH)
             except SQLAlchemyError:
@@ -138,7 +145,9 @@ class NotificationWorker:
             if batch:
                 self._deliver_batch(batch)
                 continue
-            if self._wake.wait(self._idle_timeout()):
+            with self._work:
+                woken = self._work_waiting or self._work.wait(self._idle_timeout())
+            if woken:
                 self._stopping.wait(GATHER_SECONDS)
 
     def _idle_timeout(self) -> float:
