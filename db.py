@@ -23,7 +23,7 @@ import json
 import os
 import re
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -300,7 +300,13 @@ class Store:
         return event_
 
     @contextmanager
-    def _driver_transaction(self) -> Iterator[DriverSQL]:
+    def driver_write(self) -> Iterator[DriverSQL]:
+        """A write transaction in plain SQL, committed on exit; serialized in this process."""
+        with self._write_lock, self._driver_transaction(lock_event_log=False) as sql:
+            yield sql
+
+    @contextmanager
+    def _driver_transaction(self, lock_event_log: bool = True) -> Iterator[DriverSQL]:
         """A write transaction (the caller holds the write lock) whose statements go straight to the driver.
 
         The writes of every POST run here: plain SQL on the DBAPI cursor costs a
@@ -311,7 +317,7 @@ class Store:
             cursor = connection.connection.cursor()
             try:
                 sql = DriverSQL(cursor, self.engine.dialect)
-                if not self.is_sqlite:
+                if lock_event_log and not self.is_sqlite:
                     # Without it, two processes could commit events 11 then 10, and a reader
                     # that saw 11 would never see 10. SQLite's write lock already orders them.
                     sql.execute("SELECT pg_advisory_xact_lock(:key)", {"key": EVENT_LOG_LOCK})
@@ -387,9 +393,9 @@ class Store:
         """
         where, params = ["id > :after_id"], {"after_id": after_id, "limit": limit}
         if task_ids:
-            names = [f"t{n}" for n in range(len(task_ids))]
-            where.append(f"task_id IN ({', '.join(':' + n for n in names)})")
-            params.update(zip(names, sorted(task_ids), strict=True))
+            placeholders, values = DriverSQL.in_list("task", sorted(task_ids))
+            where.append(f"task_id IN {placeholders}")
+            params.update(values)
         if user_email is not None:
             where.append("user_email = :user_email")
             params["user_email"] = user_email
@@ -450,6 +456,7 @@ class DriverSQL:
         self._from_db = datetime_type.result_processor(dialect, None) or (lambda value: value)
 
     def execute(self, statement: str, params: Mapping[str, Any] | list[Mapping[str, Any]]) -> None:
+        """Run statement (SQL with :name parameters) once, or once per mapping of a list; datetimes are converted."""
         key = (self.dialect.name, statement)
         sql = self._cache.get(key)
         if sql is None:
@@ -457,9 +464,20 @@ class DriverSQL:
             sql = self._cache[key] = statement if self.dialect.name == "sqlite" else _PARAM.sub(
                 r"%(\1)s", statement.replace("%", "%%"))
         if isinstance(params, list):
-            self.cursor.executemany(sql, params)
+            self.cursor.executemany(sql, [self._db(p) for p in params])
         else:
-            self.cursor.execute(sql, params)
+            self.cursor.execute(sql, self._db(params))
+
+    def rows(self, statement: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """Every row of a query."""
+        self.execute(statement, params)
+        return self.cursor.fetchall()
+
+    @staticmethod
+    def in_list(name: str, values: Iterable[Any]) -> tuple[str, dict[str, Any]]:
+        """An IN list of parameters: ("(:name0, :name1)", {"name0": ..., "name1": ...})."""
+        params = {f"{name}{n}": value for n, value in enumerate(values)}
+        return "(" + ", ".join(":" + key for key in params) + ")", params
 
     def _db(self, values: Mapping[str, Any]) -> dict[str, Any]:
         return {k: self._to_db(v) if isinstance(v, datetime) else v for k, v in values.items()}

@@ -30,7 +30,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from broker import SubscriptionClosed
 from channels import Channel, Delivery, DeliveryError, EmailChannel, LogChannel
-from db import EventRow, Notification, Store, utcnow
+from db import Notification, Store, utcnow
 from webhooks import WebhookChannel
 
 logger = logging.getLogger(__name__)
@@ -209,31 +209,21 @@ class NotificationWorker:
     def claim_due(self, limit: int) -> list[Delivery]:
         """Lease up to limit due notifications to this pool, oldest due first."""
         now = utcnow()
-        with self.store.write() as session:
-            ids = list(
-                session.scalars(
-                    select(Notification.id)
-                    .where(Notification.status.in_(_DUE), Notification.next_attempt_at <= now)
-                    .order_by(Notification.next_attempt_at, Notification.id)
-                    .limit(limit)
-                    .with_for_update(skip_locked=True)
-                )
-            )
+        with self.store.driver_write() as sql:
+            # Plain SQL: workers claim at every wake-up, and SQLAlchemy's statements cost more than the claim.
+            skip_locked = " FOR UPDATE SKIP LOCKED" if sql.dialect.name == "postgresql" else ""
+            ids = [row[0] for row in sql.rows(
+                "SELECT id FROM notifications WHERE status IN ('pending', 'retrying') AND next_attempt_at <= :now "
+                f"ORDER BY next_attempt_at, id LIMIT :limit{skip_locked}", {"now": now, "limit": limit})]
             if not ids:
                 return []
-            session.execute(
-                update(Notification)
-                .where(Notification.id.in_(ids))
-                .values(next_attempt_at=now + self.lease, lease_owner=self._token,
-                        attempts=Notification.attempts + 1)
-            )
-            rows = session.execute(
-                select(Notification.id, Notification.channel, Notification.recipient,
-                       Notification.attempts, EventRow.payload)
-                .join(EventRow, EventRow.id == Notification.event_id)
-                .where(Notification.id.in_(ids))
-                .order_by(Notification.id)
-            ).all()
+            placeholders, params = sql.in_list("id", ids)
+            sql.execute(f"UPDATE notifications SET next_attempt_at = :until, lease_owner = :owner, "
+                        f"attempts = attempts + 1 WHERE id IN {placeholders}",
+                        {**params, "until": now + self.lease, "owner": self._token})
+            rows = sql.rows(
+                "SELECT n.id, n.channel, n.recipient, n.attempts, e.payload FROM notifications n "
+                f"JOIN events e ON e.id = n.event_id WHERE n.id IN {placeholders} ORDER BY n.id", params)
         return [
             Delivery(notification_id=r[0], channel=r[1], recipient=r[2], attempt=r[3], event=json.loads(r[4]))
             for r in rows
@@ -278,13 +268,12 @@ class NotificationWorker:
     def _finish(self, deliveries: list[Delivery], **values: Any) -> None:
         # Only the lease holder may settle a row: if our lease ran out and another
         # worker took the row, its outcome is the one that counts.
-        with self.store.write() as session:
-            session.execute(
-                update(Notification)
-                .where(Notification.id.in_([d.notification_id for d in deliveries]),
-                       Notification.lease_owner == self._token)
-                .values(lease_owner=None, **values)
-            )
+        with self.store.driver_write() as sql:
+            placeholders, params = sql.in_list("id", [d.notification_id for d in deliveries])
+            changes = ", ".join(f"{name} = :{name}" for name in sorted(values))
+            sql.execute(f"UPDATE notifications SET lease_owner = NULL, {changes} "
+                        f"WHERE id IN {placeholders} AND lease_owner = :owner",
+                        {**params, **values, "owner": self._token})
 
 
 def retry_dead(store: Store, notification_id: int) -> dict[str, Any] | None:
