@@ -6,6 +6,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from datetime import timedelta
 
 import jwt
@@ -68,6 +69,14 @@ def test_bad_tokens_are_401_json(api, headers, reason):
         error = assert_error(response, 401, "unauthorized")
         assert reason in error["message"]
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_a_token_accepted_before_is_refused_once_it_expires(api):
+    """Verified tokens are remembered (auth._verified); their expiry is still checked on every use."""
+    token = jwt.encode({"sub": "a@example.com", "scope": "tasks:read", "exp": time.time() + 1.5}, SECRET)
+    assert api.get("/tasks", headers=bearer(token)).status_code == 200
+    wait_for(lambda: api.get("/tasks", headers=bearer(token)).status_code == 401, 5, "the token to expire")
+    assert "expired" in assert_error(api.get("/tasks", headers=bearer(token)), 401, "unauthorized")["message"]
 
 
 def test_tampered_token_is_refused(api):
