@@ -303,7 +303,7 @@ def init_app(app: Flask) -> Limiter:
         app=app,
         storage_uri=app.config["RATE_LIMIT_STORAGE_URI"],
         headers_enabled=True,
-        strategy="moving-window",
+        strategy="sliding-window-counter",  # constant time and memory per key, unlike moving-window
     )
     limit = limiter.limit(app.config["RATE_LIMIT_WRITES"])
     for name in WRITE_ENDPOINTS:
