@@ -1020,6 +1020,9 @@ def write_docs(results: dict[str, Any], out: Path, plots: list[Path], command: s
         "its latency grow rather than its load shrink. Delivered / expected counts only events of the run",
         "(their title carries the run's tag); a duplicate is an event id a client saw twice.",
         "",
+        *(["What was changed to get to these figures, what each change bought, and what the profiles say stands",
+           "between us and the targets still missed: [performance.md](performance.md).", ""]
+          if (ROOT / "docs" / "performance.md").exists() else []),
         f"## Latest run: {results['started']}",
         "",
         f"Command: `{command}`",
