@@ -7,8 +7,9 @@ a client whose socket is full gets a queue, drained by its own green thread;
 one that falls too far behind is cut off and resumes by event id.
 
 Anything not served by eventlet's own WSGI server over plain TCP (gevent,
-threads, TLS, long-polling) keeps the ordinary path: `stream_socket()` and
-`websocket_of()` return None for it.
+threads, TLS, Socket.IO long-polling) keeps the ordinary, queued path:
+`stream_socket()` returns None for it, and `DirectWebSockets` is disabled
+or declines (`send()` returns False).
 """
 
 from __future__ import annotations
