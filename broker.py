@@ -35,7 +35,12 @@ class Event:
     @cached_property
     def sse_chunk(self) -> bytes:
         """sse_frame as one chunk of a chunked HTTP/1.1 response, for streams written straight to their socket."""
-        return b"%x\r\n%b\r\n" % (len(self.sse_frame), self.sse_frame)
+        return http_chunk(self.sse_frame)
+
+
+def http_chunk(data: bytes) -> bytes:
+    """data as one chunk of an HTTP/1.1 chunked response (eventlet streams responses that way)."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
 
 
 class SubscriptionClosed(Exception):

@@ -19,6 +19,7 @@ database's own.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import re
@@ -451,9 +452,7 @@ class DriverSQL:
     def __init__(self, cursor: Any, dialect: Any) -> None:
         self.cursor = cursor
         self.dialect = dialect
-        datetime_type = DateTime().dialect_impl(dialect)
-        self._to_db = datetime_type.bind_processor(dialect) or (lambda value: value)
-        self._from_db = datetime_type.result_processor(dialect, None) or (lambda value: value)
+        self._to_db, self._from_db = _datetime_conversions(dialect)
 
     def execute(self, statement: str, params: Mapping[str, Any] | list[Mapping[str, Any]]) -> None:
         """Run statement (SQL with :name parameters) once, or once per mapping of a list; datetimes are converted."""
@@ -494,22 +493,21 @@ class DriverSQL:
     def insert_task(self, values: Mapping[str, Any]) -> None:
         names = [name for name in TASK_FIELDS if name in values]
         self.execute(f"INSERT INTO tasks ({', '.join(names)}) VALUES ({', '.join(':' + n for n in names)})",
-                     self._db({n: values[n] for n in names}))
+                     {n: values[n] for n in names})
 
     def update_task(self, row_id: int, values: Mapping[str, Any]) -> None:
         names = sorted(values)
         self.execute(f"UPDATE tasks SET {', '.join(f'{n} = :{n}' for n in names)} WHERE id = :row_id",
-                     {**self._db(values), "row_id": row_id})
+                     {**values, "row_id": row_id})
 
     def delete_task(self, row_id: int) -> None:
         self.execute("DELETE FROM tasks WHERE id = :row_id", {"row_id": row_id})
 
     def record_event(self, kind: str, task: dict[str, Any], now: datetime, outbox: Outbox) -> Event:
         """Append the event to the log and its notifications to the outbox."""
-        when = self._to_db(now)
         self.execute("INSERT INTO events (type, task_id, user_email, occurred_at, payload) "
                      "VALUES (:type, :task_id, :user_email, :occurred_at, '') RETURNING id",
-                     {"type": kind, "task_id": task["task_id"], "user_email": task["user_email"], "occurred_at": when})
+                     {"type": kind, "task_id": task["task_id"], "user_email": task["user_email"], "occurred_at": now})
         event_id = self.cursor.fetchone()[0]
         payload = {"id": event_id, "type": kind, "task_id": task["task_id"], "task": task,
                    "occurred_at": isoformat(now)}
@@ -522,21 +520,29 @@ class DriverSQL:
                 "next_attempt_at, created_at) VALUES (:event_id, :task_id, :user_email, :channel, :recipient, "
                 "'pending', 0, :now, :now)",
                 [{"event_id": event_id, "task_id": task["task_id"], "user_email": task["user_email"],
-                  "channel": channel, "recipient": recipient or task["user_email"], "now": when}
+                  "channel": channel, "recipient": recipient or task["user_email"], "now": now}
                  for channel, recipient in outbox.targets])
         return Event(id=event_id, task_id=task["task_id"], user_email=task["user_email"], data=data)
 
     def record_key(self, idempotency: Idempotency, event_id: int, created: bool, now: datetime) -> None:
         """Remember an Idempotency-Key with the event it produced; expired keys go first, so a key may be reused."""
         self.execute("DELETE FROM idempotency_keys WHERE created_at <= :expired",
-                     {"expired": self._to_db(now - IDEMPOTENCY_TTL)})
+                     {"expired": now - IDEMPOTENCY_TTL})
         self.execute("INSERT INTO idempotency_keys (owner, \"key\", fingerprint, event_id, created, created_at) "
                      "VALUES (:owner, :key, :fingerprint, :event_id, :created, :created_at)",
                      {"owner": idempotency.owner, "key": idempotency.key, "fingerprint": idempotency.fingerprint,
-                      "event_id": event_id, "created": created, "created_at": self._to_db(now)})
+                      "event_id": event_id, "created": created, "created_at": now})
 
 
 _PARAM = re.compile(r"(?<!:):(\w+)")
+
+
+@functools.lru_cache(maxsize=8)
+def _datetime_conversions(dialect: Any) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
+    """The dialect's own conversions of a DateTime column, to the database and back (identity where none)."""
+    datetime_type = DateTime().dialect_impl(dialect)
+    return (datetime_type.bind_processor(dialect) or (lambda value: value),
+            datetime_type.result_processor(dialect, None) or (lambda value: value))
 
 
 def normalize_url(url: str) -> str:

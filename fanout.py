@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from broker import Event
+from broker import Event, http_chunk
 
 FELL_BEHIND = "reader fell behind"
 GONE = "client went away"
@@ -65,12 +65,7 @@ def stream_socket(environ: dict[str, Any]) -> Any | None:
     return green if isinstance(fd, _socket.socket) and not hasattr(fd, "getpeercert") else None
 
 
-def chunk(data: bytes) -> bytes:
-    """data as one chunk of an HTTP/1.1 chunked response (eventlet streams responses that way)."""
-    return b"%x\r\n%b\r\n" % (len(data), data)
-
-
-HEARTBEAT_CHUNK = chunk(b": heartbeat\n\n")
+HEARTBEAT_CHUNK = http_chunk(b": heartbeat\n\n")
 
 
 def websocket_text_frame(payload: bytes) -> bytes:

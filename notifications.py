@@ -38,7 +38,6 @@ logger = logging.getLogger(__name__)
 CLAIM_BATCH = 10
 GATHER_SECONDS = 0.02  # after a wake-up, let a few more commits land so one claim takes them together
 FLUSH_SECONDS = 1.0  # successes of a batch are recorded together, at least this often
-_DUE = ("pending", "retrying")
 
 
 class DeliveryObserver(Protocol):

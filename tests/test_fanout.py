@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 import websocket
 
-from fanout import chunk, websocket_text_frame
+from broker import http_chunk
+from fanout import websocket_text_frame
 from support import wait_for
 
 pytestmark = pytest.mark.skipif(os.environ.get("TEST_ASYNC_MODE", "eventlet") != "eventlet",
@@ -36,7 +37,7 @@ def post(server: Any, task_id: str, description: str = "") -> int:
 
 
 def test_frame_encodings() -> None:
-    assert chunk(b"id: 1\n\n") == b"7\r\nid: 1\n\n\r\n"
+    assert http_chunk(b"id: 1\n\n") == b"7\r\nid: 1\n\n\r\n"
     assert websocket_text_frame(b"x" * 125)[:2] == b"\x81\x7d"
     assert websocket_text_frame(b"x" * 126)[:4] == b"\x81\x7e\x00\x7e"
     assert websocket_text_frame(b"x" * 70_000)[:10] == b"\x81\x7f" + struct.pack("!Q", 70_000)
@@ -76,6 +77,18 @@ def _read_chunks(data: bytes) -> list[bytes]:
         at = end + 4 + size
 
 
+def _flood_while_others_read(server: Any) -> list[int]:
+    """Post FLOOD big events; an SSE and a Socket.IO reader that keep up get every one, in order."""
+    sse, sio = server.sse("/task_updates"), server.socketio()
+    ids = [post(server, f"flood-{n % 10}", "x" * BIG) for n in range(FLOOD)]
+    sse.wait_for_events(FLOOD, 60)
+    sio.wait_for_events(FLOOD, 60)
+    assert sse.ids == ids and sio.ids == ids
+    sse.close()
+    sio.close()
+    return ids
+
+
 def _read_until_closed(read: Any, timeout: float) -> bytes:
     data, deadline = b"", time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -99,13 +112,7 @@ def test_an_sse_reader_that_stops_reading_is_cut_off_and_the_others_get_everythi
     head = b""
     while b"retry:" not in head:
         head += stalled.recv(4096)
-    sse, sio = server.sse("/task_updates"), server.socketio()
-
-    ids = [post(server, f"flood-{n % 10}", "x" * BIG) for n in range(FLOOD)]
-
-    sse.wait_for_events(FLOOD, 60)
-    sio.wait_for_events(FLOOD, 60)
-    assert sse.ids == ids and sio.ids == ids
+    ids = _flood_while_others_read(server)
     wait_for(lambda: "SSE stream ended: reader fell behind" in server.log(), 30, "the cut-off in the log")
     body = head.split(b"\r\n\r\n", 1)[1] + _read_until_closed(lambda: stalled.recv(65536), 30)
     frames = b"".join(_read_chunks(body)).split(b"\n\n")
@@ -113,8 +120,6 @@ def test_an_sse_reader_that_stops_reading_is_cut_off_and_the_others_get_everythi
     assert 0 < len(seen) < FLOOD
     assert seen == ids[:len(seen)], "what the cut reader got is a gapless, duplicate-free start of the stream"
     stalled.close()
-    sse.close()
-    sio.close()
 
 
 def test_a_socketio_reader_that_stops_reading_is_cut_off_and_the_others_get_everything(start_server, smtp) -> None:
@@ -125,13 +130,7 @@ def test_a_socketio_reader_that_stops_reading_is_cut_off_and_the_others_get_ever
     assert stalled.recv().startswith("0{")  # Engine.IO open
     stalled.send("40" + json.dumps({"token": server.token}))
     assert stalled.recv().startswith("40{")  # Socket.IO connect accepted
-    sse, sio = server.sse("/task_updates"), server.socketio()
-
-    ids = [post(server, f"flood-{n % 10}", "x" * BIG) for n in range(FLOOD)]
-
-    sse.wait_for_events(FLOOD, 60)
-    sio.wait_for_events(FLOOD, 60)
-    assert sse.ids == ids and sio.ids == ids
+    ids = _flood_while_others_read(server)
     wait_for(lambda: "events behind" in server.log(), 30, "the cut-off in the log")
     seen: list[int] = []
 
@@ -144,8 +143,6 @@ def test_a_socketio_reader_that_stops_reading_is_cut_off_and_the_others_get_ever
     _read_until_closed(read, 30)
     assert 0 < len(seen) < FLOOD
     assert seen == ids[:len(seen)], "what the cut reader got is a gapless, duplicate-free start of the stream"
-    sse.close()
-    sio.close()
 
 
 def test_an_http_1_0_stream_is_not_chunked(live_server) -> None:
