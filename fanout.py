@@ -66,6 +66,7 @@ def stream_socket(environ: dict[str, Any]) -> Any | None:
 
 
 HEARTBEAT_CHUNK = http_chunk(b": heartbeat\n\n")
+END_CHUNK = b"0\r\n\r\n"  # the end of a chunked body
 
 
 def websocket_text_frame(payload: bytes) -> bytes:
@@ -81,23 +82,36 @@ def websocket_text_frame(payload: bytes) -> bytes:
 
 
 class SSEWriter:
-    """The live part of one SSE response, written by the publisher straight to the socket.
+    """The live part of one SSE response: the publisher writes each event straight to the socket.
 
-    A broker reader (it has `offer`). Events offered before `run` starts (while
-    the response replays the log) wait in a list and are sent by `run` when
-    newer than what the replay sent.
+    A broker reader (`offer`, `close`). While the response's own green thread
+    replays the log, offered events wait in a list. Then `go_live` takes the
+    connection over from eventlet's WSGI server, whose green thread ends
+    without closing it: a live stream costs its socket and this object, and
+    no green thread. A hub listener notices the client leaving, `LiveStreams`
+    writes heartbeats and ends streams whose token expired, and only a client
+    whose socket is full gets a green thread, to write what it has not taken.
     """
 
-    def __init__(self, green_socket: Any, accepts: Callable[[Event], bool] | None, max_pending: int) -> None:
+    def __init__(self, green_socket: Any, accepts: Callable[[Event], bool] | None, max_pending: int,
+                 on_end: Callable[[], None]) -> None:
         self._green = green_socket
         self._raw: socket.socket = green_socket.fd
         self._accepts = accepts
         self._max_pending = max_pending
-        self._early: list[Event] | None = []  # events offered before run(); None once live
-        self._pending: deque[bytes] = deque()  # bytes the socket has not taken yet, in order
-        self._writing = False
-        self._wake = threading.Event()
+        self._on_end = on_end  # called once, when a live stream ends
+        self._early: list[Event] | None = []  # events offered before go_live(); None once live
+        self._pending: deque[bytes] | None = None  # what the socket has not taken yet, in order
+        self._drainer: Any = None
+        self._listener: Any = None
+        self._streams: LiveStreams | None = None
+        self.expires_at: float | None = None
+        self.next_heartbeat = 0.0
         self.closed_reason: str | None = None
+
+    @property
+    def live(self) -> bool:
+        return self._streams is not None
 
     def offer(self, event: Event) -> None:
         """Send an event now, without waiting on the socket; called by the broker."""
@@ -110,40 +124,56 @@ class SSEWriter:
         else:
             self._send(event.sse_chunk)
 
-    def close(self, reason: str = "closed") -> None:
-        if self.closed_reason is None:
-            self.closed_reason = reason
-            if reason == FELL_BEHIND:
-                _abort(self._raw)  # its own green thread may be waiting to write to it: that fails now
-            self._wake.set()
+    def go_live(self, last_id: int, streams: LiveStreams, expires_at: float | None) -> None:
+        """Take the connection from eventlet's WSGI server and send the events after last_id from now on.
 
-    def run(self, last_id: int, heartbeat: float, expires_at: float | None) -> str:
-        """Send the live events after last_id until the stream ends; return why it ended."""
+        Called by the response's green thread when its replay is written; the
+        response then ends, and eventlet neither closes the connection nor ends
+        the chunked body.
+        """
+        from eventlet import hubs, wsgi
+
+        # eventlet shuts and closes the connection through these when the response ends.
+        self._green.shutdown = self._green.close = _keep_open
+        wsgi.WSGI_LOCAL.already_handled = True
+        self._green = None
+        self.expires_at = expires_at
+        self.next_heartbeat = time.time() + streams.heartbeat
+        self._streams = streams
+        streams.add(self)
+        hub = hubs.get_hub()
+        self._listener = hub.add(hub.READ, self._raw.fileno(), self._readable, _ignore, _ignore)
         early, self._early = self._early or [], None
         for event in early:
             if event.id > last_id:
                 self._send(event.sse_chunk)
-        while self.closed_reason is None:
-            timeout = heartbeat
-            if expires_at is not None:
-                timeout = min(heartbeat, expires_at - time.time())
-                if timeout <= 0:
-                    self.close("token expired")
-                    break
-            woken = self._wake.wait(timeout)
-            self._wake.clear()
-            if not woken and not self._pending:
-                self._send(HEARTBEAT_CHUNK)
-            self._drain()
-        if self._pending or self.closed_reason in (FELL_BEHIND, GONE):
+
+    def close(self, reason: str = "closed") -> None:
+        """End the stream: gracefully (its body ends) unless the reader fell behind or went away."""
+        if self.closed_reason is not None:
+            return
+        self.closed_reason = reason
+        if reason in (FELL_BEHIND, GONE) or self._pending:
             # Cut the connection rather than wait on a reader that does not read: it
-            # reconnects and resumes from its last event id.
-            self._pending.clear()
+            # reconnects and resumes from its last event id. Before go_live, the
+            # response's green thread, writing the replay, fails at once and ends it.
             _abort(self._raw)
-        return self.closed_reason or "closed"
+        if self.live:
+            from eventlet import spawn_n
+
+            spawn_n(self._end)  # not here: close may be called by a publisher holding locks
+
+    def heartbeat(self, now: float) -> None:
+        """Write a heartbeat if it is due, or end the stream if its token expired; called by LiveStreams."""
+        if self.expires_at is not None and now >= self.expires_at:
+            self.close("token expired")
+        elif now >= self.next_heartbeat and self.closed_reason is None:
+            self.next_heartbeat = now + self._streams.heartbeat  # type: ignore[union-attr]
+            if not self._pending:
+                self._send(HEARTBEAT_CHUNK)
 
     def _send(self, data: bytes) -> None:
-        if self._pending or self._writing:
+        if self._pending is not None:
             self._pending.append(data)
             if len(self._pending) > self._max_pending:
                 self.close(FELL_BEHIND)
@@ -156,20 +186,102 @@ class SSEWriter:
             self.close(GONE)
             return
         if sent < len(data):
-            self._pending.append(data[sent:])
-            self._wake.set()
+            from eventlet import spawn
+
+            self._pending = deque([data[sent:]])
+            self._drainer = spawn(self._drain)
 
     def _drain(self) -> None:
-        """Write what the socket did not take at once, waiting (cooperatively) for it to take it."""
-        self._writing = True
+        """Write what the socket did not take at once, as it takes it (own green thread)."""
+        from eventlet.hubs import trampoline
+
+        pending = self._pending
         try:
-            while self._pending and self.closed_reason is None:
-                self._green.sendall(self._pending[0])
-                self._pending.popleft()
+            while pending and self.closed_reason is None:
+                trampoline(self._raw, write=True)
+                try:
+                    sent = self._raw.send(pending[0])
+                except BlockingIOError:
+                    continue
+                if sent < len(pending[0]):
+                    pending[0] = pending[0][sent:]
+                else:
+                    pending.popleft()
         except OSError:
             self.close(GONE)
         finally:
-            self._writing = False
+            self._drainer = None
+            if self.closed_reason is None:
+                self._pending = None
+
+    def _readable(self, _fileno: int) -> None:
+        """The client sent something or left (called by the hub: nothing here may wait)."""
+        if self.closed_reason is not None:
+            return
+        try:
+            if self._raw.recv(1024):
+                return  # an SSE client has nothing to say; what it sends is dropped
+        except BlockingIOError:
+            return
+        except OSError:
+            pass
+        self.close(GONE)
+
+    def _end(self) -> None:
+        from eventlet import hubs
+
+        if self._drainer is not None:
+            self._drainer.kill()
+        if self._listener is not None:
+            hubs.get_hub().remove(self._listener)
+            self._listener = None
+        self._streams.discard(self)  # type: ignore[union-attr]
+        if self.closed_reason not in (FELL_BEHIND, GONE) and not self._pending:
+            try:
+                self._raw.send(END_CHUNK)
+            except OSError:
+                pass
+        self._raw.close()
+        self._on_end()
+
+
+class LiveStreams:
+    """The SSE streams that went live: one green thread writes their heartbeats and ends expired ones."""
+
+    def __init__(self, heartbeat: float) -> None:
+        self.heartbeat = heartbeat
+        self._streams: set[SSEWriter] = set()
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    def add(self, stream: SSEWriter) -> None:
+        self._streams.add(stream)
+
+    def discard(self, stream: SSEWriter) -> None:
+        self._streams.discard(stream)
+
+    def run(self, stopping: threading.Event) -> None:
+        """Until stopping is set: every so often, heartbeats for the streams due one."""
+        period = min(1.0, self.heartbeat / 2)
+        while not stopping.wait(period):
+            now = time.time()
+            for count, stream in enumerate(list(self._streams), 1):
+                stream.heartbeat(now)
+                if count % 256 == 0:
+                    time.sleep(0)  # let others run between batches (cooperative under eventlet)
+
+    def close(self) -> None:
+        for stream in list(self._streams):
+            stream.close()
+
+
+def _keep_open(*_args: Any) -> None:
+    """What eventlet's shutdown and close of a live stream's connection do: nothing."""
+
+
+def _ignore(*_args: Any) -> None:
+    pass
 
 
 class DirectWebSockets:

@@ -29,7 +29,7 @@ from auth import EVERYONE, TokenError, Viewer, authenticate, viewer_for_token
 from broker import Broker, Event, SubscriptionClosed
 from db import MAX_ID, Store
 from errors import APIError
-from fanout import DirectWebSockets, SSEWriter, note_chunked, stream_socket, websocket_text_frame
+from fanout import DirectWebSockets, LiveStreams, SSEWriter, note_chunked, stream_socket, websocket_text_frame
 
 logger = logging.getLogger(__name__)
 
@@ -77,18 +77,20 @@ def replay(store: Store, after_id: int, viewer: Viewer, task_ids: frozenset[str]
 
 
 def sse_events(hub: StreamHub, *, after_id: int | None, viewer: Viewer, task_ids: frozenset[str] | None,
-               heartbeat: float, retry_ms: int, green_socket: Any = None) -> Iterator[bytes]:
+               heartbeat: float, retry_ms: int, slot: StreamSlot, green_socket: Any = None) -> Iterator[bytes]:
     """The byte stream of one SSE response: retry line, replay, then live events and heartbeats.
 
     With green_socket (eventlet), the live part is written straight to the socket
-    by the publisher (fanout.SSEWriter) and this generator yields nothing more.
+    (fanout.SSEWriter): the response ends after the replay, leaving the connection
+    open to the writer, and the stream's slot is given back when the writer ends.
     """
     store = hub.store
     # Subscribe before reading the log: an event committed after the read is then
     # held for this stream, and the id check drops what the read already sent.
     accepts = None if task_ids is None else (lambda event: event.task_id in task_ids)
-    writer = None if green_socket is None else SSEWriter(green_socket, accepts, hub.queue_size)
-    if writer is not None:
+    writer = None
+    if green_socket is not None:
+        writer = SSEWriter(green_socket, accepts, hub.queue_size, on_end=lambda: hub.sse_ended(writer, slot))
         hub.broker.attach(writer, user_email=viewer.only_email)
     else:
         subscription = hub.broker.subscribe(accepts, user_email=viewer.only_email)
@@ -111,7 +113,9 @@ def sse_events(hub: StreamHub, *, after_id: int | None, viewer: Viewer, task_ids
                 if count < REPLAY_BATCH:
                     break
         if writer is not None:
-            logger.info("SSE stream ended: %s", writer.run(last_id, heartbeat, viewer.expires_at))
+            if writer.closed_reason is None:
+                slot.live = True
+                writer.go_live(last_id, hub.live_sse, viewer.expires_at)
             return
         while True:
             timeout = heartbeat
@@ -132,12 +136,31 @@ def sse_events(hub: StreamHub, *, after_id: int | None, viewer: Viewer, task_ids
                 yield event.sse_frame
                 last_id = event.id
     finally:
-        if writer is not None:
-            writer.close()
-            hub.broker.detach(writer)
-        else:
+        if writer is None:
             subscription.close()
-        hub.count_sse(-1)
+            hub.count_sse(-1)
+        elif not slot.live:
+            writer.close()
+            hub.sse_ended(writer, slot)
+
+
+class StreamSlot:
+    """An open stream's place under its user's cap, given back once, when the stream ends."""
+
+    def __init__(self, hub: StreamHub, viewer: Viewer) -> None:
+        self.hub = hub
+        self.viewer = viewer
+        self.live = False  # the response has ended but its stream goes on (fanout.SSEWriter)
+        self._held = True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self.hub.release(self.viewer)
+
+    def response_closed(self) -> None:
+        if not self.live:
+            self.release()
 
 
 @bp.get("/task_updates")
@@ -153,8 +176,9 @@ def task_updates() -> Response:
         raise APIError(429, f"at most {streams.max_per_user} streams may be open per user",
                        headers={"Retry-After": "5"})
     config = current_app.config
+    slot = StreamSlot(streams, viewer)
     body = sse_events(streams, after_id=after_id, viewer=viewer, task_ids=task_ids,
-                      heartbeat=config["SSE_HEARTBEAT_SECONDS"], retry_ms=config["SSE_RETRY_MS"],
+                      heartbeat=config["SSE_HEARTBEAT_SECONDS"], retry_ms=config["SSE_RETRY_MS"], slot=slot,
                       green_socket=stream_socket(request.environ) if streams.direct_writes else None)
     # No stream_with_context: the stream needs nothing of the request, so an idle
     # stream does not keep the request context alive.
@@ -163,7 +187,7 @@ def task_updates() -> Response:
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
-    response.call_on_close(lambda: streams.release(viewer))
+    response.call_on_close(slot.response_closed)
     return response
 
 
@@ -183,7 +207,7 @@ class StreamHub:
     """
 
     def __init__(self, socketio: SocketIO, store: Store, broker: Broker, max_per_user: int = 20,
-                 queue_size: int = 1000, direct_writes: bool = True) -> None:
+                 queue_size: int = 1000, direct_writes: bool = True, heartbeat: float = 15.0) -> None:
         self.socketio = socketio
         self.store = store
         self.broker = broker
@@ -192,6 +216,7 @@ class StreamHub:
         # Off only to measure what writing straight to the sockets saves (bench, DIRECT_WRITES=0).
         self.direct_writes = direct_writes
         self._websockets = DirectWebSockets(socketio.server.eio) if direct_writes else None
+        self.live_sse = LiveStreams(heartbeat)
         self._per_user: Counter[str] = Counter()
         self._expiries: list[tuple[float, str]] = []  # (expires_at, sid), a heap
         self._lock = threading.Lock()
@@ -223,6 +248,13 @@ class StreamHub:
         with self._lock:
             self._sse_open += change
 
+    def sse_ended(self, writer: SSEWriter, slot: StreamSlot) -> None:
+        """What an SSE stream written by an SSEWriter gives back when it ends."""
+        logger.info("SSE stream ended: %s", writer.closed_reason)
+        self.broker.detach(writer)
+        self.count_sse(-1)
+        slot.release()
+
     @property
     def counts(self) -> dict[str, int]:
         """Open streams by transport."""
@@ -235,9 +267,11 @@ class StreamHub:
         subscription = self.broker.subscribe()
         self._position = self.store.last_event_id()
         self.socketio.start_background_task(self._pump, subscription)
+        self.socketio.start_background_task(self.live_sse.run, self._stopping)
 
     def stop(self) -> None:
         self._stopping.set()
+        self.live_sse.close()
 
     def _pump(self, subscription: Any) -> None:
         while not self._stopping.is_set():
@@ -407,7 +441,8 @@ def init_app(app: Flask, store: Store, broker: Broker) -> StreamHub:
         engineio_logger=False,
     )
     hub = StreamHub(socketio, store, broker, app.config["MAX_STREAMS_PER_USER"],
-                    queue_size=app.config["STREAM_QUEUE_SIZE"], direct_writes=app.config["DIRECT_WRITES"])
+                    queue_size=app.config["STREAM_QUEUE_SIZE"], direct_writes=app.config["DIRECT_WRITES"],
+                    heartbeat=app.config["SSE_HEARTBEAT_SECONDS"])
     app.extensions["streams"] = hub
 
     @socketio.on("connect")
