@@ -149,9 +149,10 @@ def main() -> None:
     if app.config["AUTH_DISABLED"] and settings["HOST"] not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("AUTH_DISABLED=1 while listening on %s: every machine that reaches this port may read "
                        "and write every task", settings["HOST"])
-    files = raise_open_files_limit(settings["MAX_CONNECTIONS"] + 256)
-    if files < settings["MAX_CONNECTIONS"]:
-        logger.warning("open-file limit %s is below MAX_CONNECTIONS %s (raise it with ulimit -n)",
+    # MAX_CONNECTIONS connections being served, and as many live streams (taken over from the server).
+    files = raise_open_files_limit(2 * settings["MAX_CONNECTIONS"] + 256)
+    if files < 2 * settings["MAX_CONNECTIONS"]:
+        logger.warning("open-file limit %s is below twice MAX_CONNECTIONS %s (raise it with ulimit -n)",
                        files, settings["MAX_CONNECTIONS"])
 
     def on_signal(signum: int, _frame: Any) -> None:

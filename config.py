@@ -59,6 +59,8 @@ SETTINGS: dict[str, tuple[Any, Callable[[str], Any]]] = {
     "NOTIFY_STOP_GRACE_SECONDS": (10.0, as_float),
     "SSE_HEARTBEAT_SECONDS": (15.0, as_float),
     "SSE_RETRY_MS": (2000, as_int),
+    "SOCKETIO_PING_INTERVAL": (25.0, as_float),
+    "SOCKETIO_PING_TIMEOUT": (20.0, as_float),
     "STREAM_QUEUE_SIZE": (1000, as_int),
     "DIRECT_WRITES": (True, as_bool),
     "MAX_CONNECTIONS": (10000, as_int),

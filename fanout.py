@@ -1,20 +1,29 @@
-"""Pre-encoded bytes written straight to the sockets of live clients, under eventlet.
+"""Live client connections under eventlet: pre-encoded bytes written straight to their sockets.
 
 An event is encoded once (an SSE chunk, a websocket frame) and the publisher
 writes those bytes to each client's socket with one non-blocking send: no
-queue, no wake-up of a per-client green thread, no per-client encoding. Only
-a client whose socket is full gets a queue, drained by its own green thread;
-one that falls too far behind is cut off and resumes by event id.
+queue, no wake-up of a per-client green thread, no per-client encoding.
+
+Once a stream is set up (an SSE response has replayed what the client
+missed; a Socket.IO websocket is open), its connection is taken over from
+eventlet's WSGI server, whose green thread then ends without closing it. A
+live connection costs its socket and one small object: a hub listener
+notices what the client sends or that it left, one green thread writes the
+heartbeats and pings of all of them, and only a client whose socket is full
+gets a green thread of its own, to write what it has not taken. One that
+falls too far behind is cut off and resumes by event id.
 
 Anything not served by eventlet's own WSGI server over plain TCP (gevent,
 threads, TLS, Socket.IO long-polling) keeps the ordinary, queued path:
-`stream_socket()` returns None for it, and `DirectWebSockets` is disabled
-or declines (`send()` returns False).
+`stream_socket()` returns None for it, and `LiveWebSockets` is disabled or
+declines (`send()` returns False).
 """
 
 from __future__ import annotations
 
 import _socket
+import io
+import logging
 import socket
 import struct
 import threading
@@ -23,10 +32,21 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from engineio import packet as eio_packet
+from wsproto.frame_protocol import FrameProtocol, Opcode, ParseFailed
+
 from broker import Event, http_chunk
+
+logger = logging.getLogger(__name__)
 
 FELL_BEHIND = "reader fell behind"
 GONE = "client went away"
+CLIENT_CLOSED = "client closed"
+
+HEARTBEAT_CHUNK = http_chunk(b": heartbeat\n\n")
+END_CHUNK = b"0\r\n\r\n"  # the end of a chunked body
+WEBSOCKET_CLOSE = b"\x88\x00"  # a close frame without a status
+_EMPTY_INPUT = io.BytesIO()
 
 
 def _abort(raw: socket.socket) -> None:
@@ -58,121 +78,81 @@ def stream_socket(environ: dict[str, Any]) -> Any | None:
     stream = environ.get("eventlet.input")
     if stream is None or not environ.get("fanout.chunked") or environ.get("REQUEST_METHOD") != "GET":
         return None
-    green = stream.get_socket()
+    return _plain_tcp(stream.get_socket())
+
+
+def _plain_tcp(green: Any) -> Any | None:
     # The plain TCP socket under eventlet's green one (_socket: monkey-patching replaces
     # socket.socket); not TLS, whose socket cannot take a raw send of its bytes.
     fd = getattr(green, "fd", None)
     return green if isinstance(fd, _socket.socket) and not hasattr(fd, "getpeercert") else None
 
 
-HEARTBEAT_CHUNK = http_chunk(b": heartbeat\n\n")
-END_CHUNK = b"0\r\n\r\n"  # the end of a chunked body
-
-
-def websocket_text_frame(payload: bytes) -> bytes:
-    """One unmasked, uncompressed websocket text frame: the same bytes suit every client."""
+def websocket_frame(payload: bytes, binary: bool = False) -> bytes:
+    """One unmasked, uncompressed websocket frame (text unless binary): the same bytes suit every client."""
+    first = 0x82 if binary else 0x81
     length = len(payload)
     if length <= 125:
-        header = struct.pack("!BB", 0x81, length)
+        header = struct.pack("!BB", first, length)
     elif length <= 0xFFFF:
-        header = struct.pack("!BBH", 0x81, 126, length)
+        header = struct.pack("!BBH", first, 126, length)
     else:
-        header = struct.pack("!BBQ", 0x81, 127, length)
+        header = struct.pack("!BBQ", first, 127, length)
     return header + payload
 
 
-class SSEWriter:
-    """The live part of one SSE response: the publisher writes each event straight to the socket.
+def take_over(green_socket: Any) -> socket.socket:
+    """Take a connection from eventlet's WSGI server: the response ends and leaves it open; its raw socket."""
+    from eventlet import wsgi
 
-    A broker reader (`offer`, `close`). While the response's own green thread
-    replays the log, offered events wait in a list. Then `go_live` takes the
-    connection over from eventlet's WSGI server, whose green thread ends
-    without closing it: a live stream costs its socket and this object, and
-    no green thread. A hub listener notices the client leaving, `LiveStreams`
-    writes heartbeats and ends streams whose token expired, and only a client
-    whose socket is full gets a green thread, to write what it has not taken.
+    # eventlet shuts and closes the connection through these when the response ends.
+    green_socket.shutdown = green_socket.close = _keep_open
+    wsgi.WSGI_LOCAL.already_handled = True  # and writes nothing more (no end of a chunked body)
+    return green_socket.fd
+
+
+def _keep_open(*_args: Any) -> None:
+    """What eventlet's shutdown and close of a connection taken over do: nothing."""
+
+
+def _ignore(*_args: Any) -> None:
+    pass
+
+
+class LiveConnection:
+    """A client connection taken over from eventlet: written without waiting, watched by the hub.
+
+    `send` writes at once what the socket takes; the rest waits in order and
+    is written by a green thread started for it. Past max_pending waiting
+    writes the client is cut off. `close` ends the connection (gracefully,
+    with `farewell`, unless the client fell behind or went away) and calls
+    `ended` once, from a green thread of its own.
     """
 
-    def __init__(self, green_socket: Any, accepts: Callable[[Event], bool] | None, max_pending: int,
-                 on_end: Callable[[], None]) -> None:
-        self._green = green_socket
-        self._raw: socket.socket = green_socket.fd
-        self._accepts = accepts
+    farewell = b""
+
+    def __init__(self, raw: socket.socket, max_pending: int) -> None:
+        self._raw = raw
         self._max_pending = max_pending
-        self._on_end = on_end  # called once, when a live stream ends
-        self._early: list[Event] | None = []  # events offered before go_live(); None once live
         self._pending: deque[bytes] | None = None  # what the socket has not taken yet, in order
         self._drainer: Any = None
         self._listener: Any = None
-        self._streams: LiveStreams | None = None
-        self.expires_at: float | None = None
-        self.next_heartbeat = 0.0
         self.closed_reason: str | None = None
 
     @property
-    def live(self) -> bool:
-        return self._streams is not None
+    def watched(self) -> bool:
+        return self._listener is not None
 
-    def offer(self, event: Event) -> None:
-        """Send an event now, without waiting on the socket; called by the broker."""
-        if self.closed_reason is not None or (self._accepts is not None and not self._accepts(event)):
-            return
-        if self._early is not None:
-            self._early.append(event)
-            if len(self._early) > self._max_pending:
-                self.close(FELL_BEHIND)
-        else:
-            self._send(event.sse_chunk)
+    def watch(self) -> None:
+        """From now on the hub tells this connection when the client sends something or leaves."""
+        from eventlet import hubs
 
-    def go_live(self, last_id: int, streams: LiveStreams, expires_at: float | None) -> None:
-        """Take the connection from eventlet's WSGI server and send the events after last_id from now on.
-
-        Called by the response's green thread when its replay is written; the
-        response then ends, and eventlet neither closes the connection nor ends
-        the chunked body.
-        """
-        from eventlet import hubs, wsgi
-
-        # eventlet shuts and closes the connection through these when the response ends.
-        self._green.shutdown = self._green.close = _keep_open
-        wsgi.WSGI_LOCAL.already_handled = True
-        self._green = None
-        self.expires_at = expires_at
-        self.next_heartbeat = time.time() + streams.heartbeat
-        self._streams = streams
-        streams.add(self)
         hub = hubs.get_hub()
         self._listener = hub.add(hub.READ, self._raw.fileno(), self._readable, _ignore, _ignore)
-        early, self._early = self._early or [], None
-        for event in early:
-            if event.id > last_id:
-                self._send(event.sse_chunk)
 
-    def close(self, reason: str = "closed") -> None:
-        """End the stream: gracefully (its body ends) unless the reader fell behind or went away."""
+    def send(self, data: bytes) -> None:
         if self.closed_reason is not None:
             return
-        self.closed_reason = reason
-        if reason in (FELL_BEHIND, GONE) or self._pending:
-            # Cut the connection rather than wait on a reader that does not read: it
-            # reconnects and resumes from its last event id. Before go_live, the
-            # response's green thread, writing the replay, fails at once and ends it.
-            _abort(self._raw)
-        if self.live:
-            from eventlet import spawn_n
-
-            spawn_n(self._end)  # not here: close may be called by a publisher holding locks
-
-    def heartbeat(self, now: float) -> None:
-        """Write a heartbeat if it is due, or end the stream if its token expired; called by LiveStreams."""
-        if self.expires_at is not None and now >= self.expires_at:
-            self.close("token expired")
-        elif now >= self.next_heartbeat and self.closed_reason is None:
-            self.next_heartbeat = now + self._streams.heartbeat  # type: ignore[union-attr]
-            if not self._pending:
-                self._send(HEARTBEAT_CHUNK)
-
-    def _send(self, data: bytes) -> None:
         if self._pending is not None:
             self._pending.append(data)
             if len(self._pending) > self._max_pending:
@@ -191,8 +171,31 @@ class SSEWriter:
             self._pending = deque([data[sent:]])
             self._drainer = spawn(self._drain)
 
+    @property
+    def backlog(self) -> int:
+        return len(self._pending or ())
+
+    def close(self, reason: str = "closed") -> None:
+        """End the connection, once; nothing here waits (a publisher holding locks may call it)."""
+        if self.closed_reason is not None:
+            return
+        self.closed_reason = reason
+        if reason in (FELL_BEHIND, GONE) or self._pending:
+            # Cut the connection rather than wait on a reader that does not read: it
+            # reconnects and resumes from its last event id.
+            _abort(self._raw)
+        if self.watched:
+            from eventlet import spawn_n
+
+            spawn_n(self._end)
+
+    def received(self, data: bytes) -> None:
+        """What the client sent (called by the hub: nothing here may wait)."""
+
+    def ended(self) -> None:
+        """Called once, from a green thread, when the connection has ended."""
+
     def _drain(self) -> None:
-        """Write what the socket did not take at once, as it takes it (own green thread)."""
         from eventlet.hubs import trampoline
 
         pending = self._pending
@@ -215,38 +218,103 @@ class SSEWriter:
                 self._pending = None
 
     def _readable(self, _fileno: int) -> None:
-        """The client sent something or left (called by the hub: nothing here may wait)."""
         if self.closed_reason is not None:
             return
         try:
-            if self._raw.recv(1024):
-                return  # an SSE client has nothing to say; what it sends is dropped
+            data = self._raw.recv(65536)
         except BlockingIOError:
             return
         except OSError:
-            pass
-        self.close(GONE)
+            data = b""
+        if data:
+            self.received(data)
+        else:
+            self.close(GONE)
 
     def _end(self) -> None:
         from eventlet import hubs
 
         if self._drainer is not None:
             self._drainer.kill()
-        if self._listener is not None:
-            hubs.get_hub().remove(self._listener)
-            self._listener = None
-        self._streams.discard(self)  # type: ignore[union-attr]
-        if self.closed_reason not in (FELL_BEHIND, GONE) and not self._pending:
+        hubs.get_hub().remove(self._listener)
+        if self.closed_reason not in (FELL_BEHIND, GONE) and not self._pending and self.farewell:
             try:
-                self._raw.send(END_CHUNK)
+                self._raw.send(self.farewell)
             except OSError:
                 pass
         self._raw.close()
+        self.ended()
+
+
+class SSEWriter(LiveConnection):
+    """The live part of one SSE response: the publisher writes each event straight to the socket.
+
+    A broker reader (`offer`, `close`). While the response's own green thread
+    replays the log, offered events wait in a list; `go_live` then takes the
+    connection over. `LiveStreams` writes its heartbeats and ends it when its
+    token expires.
+    """
+
+    farewell = END_CHUNK
+
+    def __init__(self, green_socket: Any, accepts: Callable[[Event], bool] | None, max_pending: int,
+                 on_end: Callable[[], None]) -> None:
+        super().__init__(green_socket.fd, max_pending)
+        self._green = green_socket
+        self._accepts = accepts
+        self._on_end = on_end
+        self._early: list[Event] | None = []  # events offered before go_live(); None once live
+        self._streams: LiveStreams | None = None
+        self.expires_at: float | None = None
+        self.next_heartbeat = 0.0
+
+    def offer(self, event: Event) -> None:
+        """Send an event now, without waiting on the socket; called by the broker."""
+        if self.closed_reason is not None or (self._accepts is not None and not self._accepts(event)):
+            return
+        if self._early is not None:
+            self._early.append(event)
+            if len(self._early) > self._max_pending:
+                # The response's green thread, writing the replay, fails at once and ends it.
+                self.close(FELL_BEHIND)
+        else:
+            self.send(event.sse_chunk)
+
+    def go_live(self, last_id: int, streams: LiveStreams, expires_at: float | None) -> None:
+        """Take the connection over and send the events after last_id from now on.
+
+        Called by the response's green thread when its replay is written; the
+        response then ends, and eventlet neither closes the connection nor ends
+        the chunked body.
+        """
+        take_over(self._green)
+        self._green = None
+        self.expires_at = expires_at
+        self.next_heartbeat = time.time() + streams.heartbeat
+        self._streams = streams
+        streams.add(self)
+        self.watch()
+        early, self._early = self._early or [], None
+        for event in early:
+            if event.id > last_id:
+                self.send(event.sse_chunk)
+
+    def tick(self, now: float) -> None:
+        """Write a heartbeat if one is due, or end the stream if its token expired; called by LiveStreams."""
+        if self.expires_at is not None and now >= self.expires_at:
+            self.close("token expired")
+        elif now >= self.next_heartbeat:
+            self.next_heartbeat = now + self._streams.heartbeat  # type: ignore[union-attr]
+            if not self.backlog:
+                self.send(HEARTBEAT_CHUNK)
+
+    def ended(self) -> None:
+        self._streams.discard(self)  # type: ignore[union-attr]
         self._on_end()
 
 
 class LiveStreams:
-    """The SSE streams that went live: one green thread writes their heartbeats and ends expired ones."""
+    """The SSE streams that went live: one green thread writes their heartbeats and ends those whose token expired."""
 
     def __init__(self, heartbeat: float) -> None:
         self.heartbeat = heartbeat
@@ -262,12 +330,11 @@ class LiveStreams:
         self._streams.discard(stream)
 
     def run(self, stopping: threading.Event) -> None:
-        """Until stopping is set: every so often, heartbeats for the streams due one."""
-        period = min(1.0, self.heartbeat / 2)
-        while not stopping.wait(period):
+        """Until stopping is set."""
+        while not stopping.wait(min(1.0, self.heartbeat / 2)):
             now = time.time()
             for count, stream in enumerate(list(self._streams), 1):
-                stream.heartbeat(now)
+                stream.tick(now)
                 if count % 256 == 0:
                     time.sleep(0)  # let others run between batches (cooperative under eventlet)
 
@@ -276,82 +343,241 @@ class LiveStreams:
             stream.close()
 
 
-def _keep_open(*_args: Any) -> None:
-    """What eventlet's shutdown and close of a live stream's connection do: nothing."""
+class LiveWebSocket(LiveConnection):
+    """A Socket.IO websocket taken over from eventlet, standing in for its Engine.IO socket's queue.
 
-
-def _ignore(*_args: Any) -> None:
-    pass
-
-
-class DirectWebSockets:
-    """Socket.IO websocket connections that can take a pre-encoded frame straight away.
-
-    Engine.IO keeps no reference to a connection's websocket, so the server's
-    websocket class is wrapped to note it on the Engine.IO socket while it is open.
+    What Engine.IO sends (`put`) is encoded and written at once; what the
+    client sends is parsed here (wsproto) and handed to Engine.IO in order,
+    by a green thread started when there is something to hand.
     """
 
-    def __init__(self, eio_server: Any) -> None:
-        self.eio = eio_server
-        base = eio_server._async.get("websocket")
-        if base is None or "eventlet" not in base.__module__:
-            self.enabled = False
-            return
-        self.enabled = True
+    farewell = WEBSOCKET_CLOSE
 
-        class NotedWebSocket(base):  # type: ignore[misc, valid-type]
+    def __init__(self, owner: LiveWebSockets, eio_socket: Any, raw: socket.socket, max_pending: int) -> None:
+        super().__init__(raw, max_pending)
+        self._owner = owner
+        self.eio_socket = eio_socket
+        self._frames = FrameProtocol(client=False, extensions=[])
+        self._parts: list[Any] = []  # of a message in several frames
+        self._inbox: deque[Any] = deque()
+        self._handing = False
+
+    # -- the queue interface Engine.IO sends through ------------------------
+
+    def put(self, pkt: Any) -> None:
+        if pkt is None:  # Engine.IO closed the socket
+            self.close("closed by the server")
+            return
+        data = pkt.encode()
+        binary = isinstance(data, bytes)
+        self.send(websocket_frame(data if binary else data.encode(), binary=binary))
+
+    def empty(self) -> bool:
+        return not self.backlog
+
+    def qsize(self) -> int:
+        return self.backlog
+
+    def task_done(self) -> None:
+        pass
+
+    def join(self) -> None:
+        pass
+
+    # -- what the client sends ---------------------------------------------
+
+    def received(self, data: bytes) -> None:
+        self._frames.receive_bytes(data)
+        try:
+            for frame in self._frames.received_frames():
+                if frame.opcode is Opcode.PING:
+                    self.send(bytes(self._frames.pong(frame.payload)))  # type: ignore[arg-type]
+                elif frame.opcode is Opcode.CLOSE:
+                    self.close(CLIENT_CLOSED)
+                    return
+                elif frame.opcode is not Opcode.PONG:
+                    self._parts.append(frame.payload)
+                    if sum(map(len, self._parts)) > self._owner.max_message:
+                        self.close(GONE)
+                        return
+                    if frame.message_finished:
+                        parts, self._parts = self._parts, []
+                        self._inbox.append(parts[0][:0].join(parts))
+        except ParseFailed:
+            self.close(GONE)
+            return
+        if self._inbox and not self._handing:
+            from eventlet import spawn_n
+
+            self._handing = True
+            spawn_n(self._hand_over)
+
+    def _hand_over(self) -> None:
+        """Give Engine.IO the client's packets, in order (own green thread: its handlers may wait)."""
+        try:
+            while self._inbox and self.closed_reason is None:
+                try:
+                    self.eio_socket.receive(eio_packet.Packet(encoded_packet=self._inbox.popleft()))
+                except Exception:  # noqa: BLE001 - a bad packet ends this connection, not the server
+                    logger.info("closing Socket.IO connection %s: unreadable packet", self.eio_socket.sid)
+                    self.close(GONE)
+        finally:
+            self._handing = False
+
+    def ended(self) -> None:
+        self._owner.forget(self)
+        if self.closed_reason == FELL_BEHIND:
+            logger.info("closing Socket.IO connection %s: it fell more than %s events behind",
+                        self.eio_socket.sid, self._max_pending)
+        eio = self.eio_socket.server
+        reason = eio.reason.TRANSPORT_ERROR if self.closed_reason == FELL_BEHIND else eio.reason.TRANSPORT_CLOSE
+        self.eio_socket.close(wait=False, abort=True, reason=reason)
+
+
+class LiveWebSockets:
+    """The Socket.IO server's websocket connections, taken over from eventlet once open.
+
+    Engine.IO keeps a green thread per connection to read, one to write and
+    one to wait for the next ping; a taken-over connection has none. The
+    server's websocket class is wrapped to take each connection over once its
+    transport is set up, and each Engine.IO socket's `schedule_ping` is
+    replaced so that one green thread sends the pings of all of them.
+    """
+
+    def __init__(self, sio_server: Any, max_pending: int) -> None:
+        self.sio = sio_server
+        self.eio = sio_server.eio
+        self.max_pending = max_pending
+        self.max_message = int(self.eio.max_http_buffer_size)
+        self._by_sid: dict[str, LiveWebSocket] = {}
+        self._pings: dict[Any, float] = {}  # Engine.IO socket -> when its next ping is due
+        self._stopping = threading.Event()
+        self._pinging = False
+        base = self.eio._async.get("websocket")
+        self.enabled = base is not None and "eventlet" in base.__module__
+        if not self.enabled:
+            return
+        live = self
+
+        class TakenOverWebSocket(base):  # type: ignore[misc, valid-type]
             def __init__(self, handler: Any, server: Any) -> None:
                 eio_socket = handler.__self__
+                super().__init__(lambda ws: live._serve(eio_socket, ws, handler), server)
 
-                def noted(ws: Any) -> Any:
-                    eio_socket.direct_ws = ws
-                    try:
-                        return handler(ws)
-                    finally:
-                        eio_socket.direct_ws = None
+        self.eio._async = {**self.eio._async, "websocket": TakenOverWebSocket}
+        self.eio.sockets = _SocketsNoted(self.eio.sockets, self._noted)
 
-                super().__init__(noted, server)
-
-        eio_server._async = {**eio_server._async, "websocket": NotedWebSocket}
+    def __len__(self) -> int:
+        return len(self._by_sid)
 
     def send(self, eio_sid: str, frame: bytes) -> bool:
-        """Write frame to the client's websocket if nothing else is queued or being written; False otherwise.
-
-        The caller then queues the packet the ordinary way, behind whatever is ahead of it.
-        """
-        eio_socket = self.eio.sockets.get(eio_sid)
-        ws = getattr(eio_socket, "direct_ws", None)
-        if (ws is None or not eio_socket.upgraded or eio_socket.upgrading or eio_socket.closed
-                or eio_socket.closing or not eio_socket.queue.empty() or ws._sendlock.locked()):
+        """Write a pre-encoded frame to a taken-over connection; False when eio_sid is not one."""
+        connection = self._by_sid.get(eio_sid)
+        if connection is None:
             return False
-        raw = ws.socket.fd
-        try:
-            sent = raw.send(frame)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            return True  # the connection is going; its reader notices and closes it
-        if sent < len(frame):
-            # Hold the websocket's send lock until the rest is out, so no other frame cuts in.
-            ws._sendlock.acquire()
-            self.eio.start_background_task(self._finish, ws, frame[sent:])
+        connection.send(frame)
         return True
 
     def cut(self, eio_sid: str) -> None:
         """Close a client that fell behind, transport and all: its Socket.IO client reconnects and resumes."""
-        eio_socket = self.eio.sockets.get(eio_sid)
-        if eio_socket is None:
+        connection = self._by_sid.get(eio_sid)
+        if connection is not None:
+            connection.close(FELL_BEHIND)
             return
-        ws = getattr(eio_socket, "direct_ws", None)
-        eio_socket.close(wait=False, abort=True, reason=self.eio.reason.TRANSPORT_ERROR)
-        if ws is not None:
-            _abort(ws.socket.fd)
+        eio_socket = self.eio.sockets.get(eio_sid)
+        if eio_socket is not None:
+            eio_socket.close(wait=False, abort=True, reason=self.eio.reason.TRANSPORT_ERROR)
+
+    def forget(self, connection: LiveWebSocket) -> None:
+        self._by_sid.pop(connection.eio_socket.sid, None)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def _noted(self, eio_socket: Any) -> None:
+        """A new Engine.IO socket: its pings come from the one green thread."""
+
+        def schedule_ping() -> None:  # as Engine.IO's: after the previous ping's pong
+            if eio_socket.last_ping:
+                eio_socket.last_ping = None
+                self._pings[eio_socket] = time.time() + self.eio.ping_interval
+
+        eio_socket.schedule_ping = schedule_ping
+        if not self._pinging:
+            self._pinging = True
+            self.eio.start_background_task(self._ping)
+
+    def _ping(self) -> None:
+        while not self._stopping.wait(1.0):
+            now = time.time()
+            due = [eio_socket for eio_socket, at in self._pings.items() if at <= now]
+            for count, eio_socket in enumerate(due, 1):
+                del self._pings[eio_socket]
+                if not eio_socket.closing and not eio_socket.closed:
+                    eio_socket.last_ping = now
+                    eio_socket.send(eio_packet.Packet(eio_packet.PING))
+                if count % 256 == 0:
+                    time.sleep(0)  # let others run between batches (cooperative under eventlet)
+
+    def _serve(self, eio_socket: Any, ws: Any, handler: Any) -> Any:
+        """Set the websocket transport up as Engine.IO does, then take the connection over."""
+        green = _plain_tcp(ws.socket)
+        if green is None:
+            return handler(ws)
+        if eio_socket.connected and not self._upgrade(eio_socket, ws):
+            return []
+        eio_socket.connected = eio_socket.upgraded = True
+        eio_socket.upgrading = False
+        ws.websocket_closed = True  # eventlet sends no closing frame when this handler returns
+        connection = LiveWebSocket(self, eio_socket, take_over(green), self.max_pending)
+        waiting, eio_socket.queue = eio_socket.queue, connection
+        self._by_sid[eio_socket.sid] = connection
+        connection.watch()
+        self._slim_environ(eio_socket.sid)
+        while not waiting.empty():  # what Engine.IO queued before: its OPEN packet, or during the upgrade
+            pkt = waiting.get_nowait()
+            if pkt is None or pkt.packet_type != eio_packet.NOOP:
+                connection.put(pkt)
+        return []
 
     @staticmethod
-    def _finish(ws: Any, rest: bytes) -> None:
-        try:
-            ws.socket.sendall(rest)
-        except OSError:
-            pass
-        finally:
-            ws._sendlock.release()
+    def _upgrade(eio_socket: Any, ws: Any) -> bool:
+        """The probe and upgrade of a connection that began with long-polling (as Engine.IO does it)."""
+        eio_socket.upgrading = True  # packets wait in the queue meanwhile
+        probe = eio_packet.Packet(encoded_packet=ws.wait() or "6")
+        if probe.packet_type != eio_packet.PING or probe.data != "probe":
+            eio_socket.upgrading = False
+            return False
+        ws.send(eio_packet.Packet(eio_packet.PONG, data="probe").encode())
+        eio_socket.queue.put(eio_packet.Packet(eio_packet.NOOP))  # ends the pending poll
+        upgrade = eio_packet.Packet(encoded_packet=ws.wait() or "6")
+        if upgrade.packet_type != eio_packet.UPGRADE:
+            eio_socket.upgrading = False
+            return False
+        return True
+
+    def _slim_environ(self, eio_sid: str) -> None:
+        """Drop what the connection's request environment holds of eventlet's request objects.
+
+        Socket.IO keeps the environment for the connection's lifetime (Flask-SocketIO
+        builds each event's request context from it); the request's input and
+        handler are long gone, and their objects would stay with it.
+        """
+        environ = self.sio.environ.get(eio_sid)
+        if environ is None:
+            return
+        for key in ("eventlet.input", "eventlet.posthooks", "eventlet.set_idle", "werkzeug.request"):
+            environ.pop(key, None)
+        environ["wsgi.input"] = _EMPTY_INPUT
+
+
+class _SocketsNoted(dict):  # type: ignore[type-arg]
+    """Engine.IO's dict of sockets, calling noted(socket) on each new one before Engine.IO uses it."""
+
+    def __init__(self, sockets: dict[str, Any], noted: Callable[[Any], None]) -> None:
+        super().__init__(sockets)
+        self._noted = noted
+
+    def __setitem__(self, sid: str, eio_socket: Any) -> None:
+        self._noted(eio_socket)
+        super().__setitem__(sid, eio_socket)

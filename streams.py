@@ -29,7 +29,7 @@ from auth import EVERYONE, TokenError, Viewer, authenticate, viewer_for_token
 from broker import Broker, Event, SubscriptionClosed
 from db import MAX_ID, Store
 from errors import APIError
-from fanout import DirectWebSockets, LiveStreams, SSEWriter, note_chunked, stream_socket, websocket_text_frame
+from fanout import LiveStreams, LiveWebSockets, SSEWriter, note_chunked, stream_socket, websocket_frame
 
 logger = logging.getLogger(__name__)
 
@@ -172,6 +172,9 @@ def task_updates() -> Response:
     if after_id is None:
         after_id = parse_event_id(request.args.get("last_event_id"), "last_event_id")
     task_ids = parse_task_ids(request.args.getlist("task_id"))
+    if streams.full:
+        raise APIError(503, f"the server holds as many streams as it may ({streams.max_streams})",
+                       headers={"Retry-After": "5"})
     if not streams.acquire(viewer):
         raise APIError(429, f"at most {streams.max_per_user} streams may be open per user",
                        headers={"Retry-After": "5"})
@@ -207,15 +210,19 @@ class StreamHub:
     """
 
     def __init__(self, socketio: SocketIO, store: Store, broker: Broker, max_per_user: int = 20,
-                 queue_size: int = 1000, direct_writes: bool = True, heartbeat: float = 15.0) -> None:
+                 queue_size: int = 1000, direct_writes: bool = True, heartbeat: float = 15.0,
+                 max_streams: int = 10000) -> None:
         self.socketio = socketio
         self.store = store
         self.broker = broker
         self.max_per_user = max_per_user
+        # Streams taken over from eventlet (fanout.py) leave its pool of handlers, which
+        # MAX_CONNECTIONS bounds: this bounds them, as many again.
+        self.max_streams = max_streams
         self.queue_size = queue_size
         # Off only to measure what writing straight to the sockets saves (bench, DIRECT_WRITES=0).
         self.direct_writes = direct_writes
-        self._websockets = DirectWebSockets(socketio.server.eio) if direct_writes else None
+        self._websockets = LiveWebSockets(socketio.server, queue_size) if direct_writes else None
         self.live_sse = LiveStreams(heartbeat)
         self._per_user: Counter[str] = Counter()
         self._expiries: list[tuple[float, str]] = []  # (expires_at, sid), a heap
@@ -256,6 +263,10 @@ class StreamHub:
         slot.release()
 
     @property
+    def full(self) -> bool:
+        return self._sse_open + len(self._clients) >= self.max_streams
+
+    @property
     def counts(self) -> dict[str, int]:
         """Open streams by transport."""
         return {"sse": self._sse_open, "socketio": len(self._clients)}
@@ -272,6 +283,8 @@ class StreamHub:
     def stop(self) -> None:
         self._stopping.set()
         self.live_sse.close()
+        if self._websockets is not None:
+            self._websockets.stop()
 
     def _pump(self, subscription: Any) -> None:
         while not self._stopping.is_set():
@@ -306,12 +319,12 @@ class StreamHub:
             return []
         # The Socket.IO EVENT packet inside an Engine.IO MESSAGE, encoded once for every client.
         message = f'2["task_update",{event.data}]'
-        frame = websocket_text_frame(f"4{message}".encode())
+        frame = websocket_frame(f"4{message}".encode())
         server, slow, packet = self.socketio.server, [], None
         for _sid, eio_sid in server.manager.get_participants("/", rooms):
             if self._websockets.send(eio_sid, frame):
                 continue
-            # Not a websocket that is free right now: queue it behind what it has.
+            # Not a websocket taken over (long-polling, an upgrade under way): its queue.
             packet = packet or EngineIOPacket(ENGINEIO_MESSAGE, message)
             server.eio.send_packet(eio_sid, packet)
             eio_socket = server.eio.sockets.get(eio_sid)
@@ -439,10 +452,12 @@ def init_app(app: Flask, store: Store, broker: Broker) -> StreamHub:
         cors_allowed_origins=origin_allowed,
         logger=False,
         engineio_logger=False,
+        ping_interval=app.config["SOCKETIO_PING_INTERVAL"],
+        ping_timeout=app.config["SOCKETIO_PING_TIMEOUT"],
     )
     hub = StreamHub(socketio, store, broker, app.config["MAX_STREAMS_PER_USER"],
                     queue_size=app.config["STREAM_QUEUE_SIZE"], direct_writes=app.config["DIRECT_WRITES"],
-                    heartbeat=app.config["SSE_HEARTBEAT_SECONDS"])
+                    heartbeat=app.config["SSE_HEARTBEAT_SECONDS"], max_streams=app.config["MAX_CONNECTIONS"])
     app.extensions["streams"] = hub
 
     @socketio.on("connect")
@@ -458,6 +473,9 @@ def init_app(app: Flask, store: Store, broker: Broker) -> StreamHub:
             last_event_id = parse_event_id(auth.get("last_event_id"), "last_event_id")
         except APIError as exc:
             raise SocketIORefused(exc.message, {"code": exc.code}) from None
+        if hub.full:
+            raise SocketIORefused(f"the server holds as many streams as it may ({hub.max_streams})",
+                                  {"code": "unavailable"})
         if not hub.acquire(viewer):
             raise SocketIORefused(f"at most {hub.max_per_user} streams may be open per user",
                                   {"code": "rate_limited"})

@@ -15,10 +15,11 @@ import time
 from typing import Any
 
 import pytest
+import socketio
 import websocket
 
 from broker import http_chunk
-from fanout import websocket_text_frame
+from fanout import websocket_frame
 from support import wait_for
 
 pytestmark = pytest.mark.skipif(os.environ.get("TEST_ASYNC_MODE", "eventlet") != "eventlet",
@@ -38,11 +39,11 @@ def post(server: Any, task_id: str, description: str = "") -> int:
 
 def test_frame_encodings() -> None:
     assert http_chunk(b"id: 1\n\n") == b"7\r\nid: 1\n\n\r\n"
-    assert websocket_text_frame(b"x" * 125)[:2] == b"\x81\x7d"
-    assert websocket_text_frame(b"x" * 126)[:4] == b"\x81\x7e\x00\x7e"
-    assert websocket_text_frame(b"x" * 70_000)[:10] == b"\x81\x7f" + struct.pack("!Q", 70_000)
+    assert websocket_frame(b"x" * 125)[:2] == b"\x81\x7d"
+    assert websocket_frame(b"x" * 126)[:4] == b"\x81\x7e\x00\x7e"
+    assert websocket_frame(b"x" * 70_000)[:10] == b"\x81\x7f" + struct.pack("!Q", 70_000)
     abnf = websocket.ABNF  # websocket-client's own frame reader agrees
-    frame = websocket_text_frame("42[\"é\"]".encode())
+    frame = websocket_frame("42[\"é\"]".encode())
     reader = websocket._abnf.frame_buffer(io.BytesIO(frame).read, skip_utf8_validation=False)
     parsed = reader.recv_frame()
     assert parsed.opcode == abnf.OPCODE_TEXT and parsed.fin and parsed.data.decode() == "42[\"é\"]"
@@ -158,3 +159,68 @@ def test_an_http_1_0_stream_is_not_chunked(live_server) -> None:
     head, body = received.split(b"\r\n\r\n", 1)
     assert b"chunked" not in head.lower()
     assert body.startswith(b"retry: ") and b"\r\n" not in body
+
+
+def _healthz_streams(server: Any) -> dict[str, int]:
+    return server.get("/healthz").json()["streams"]
+
+
+def test_a_client_that_starts_on_long_polling_upgrades_and_keeps_every_feature(live_server) -> None:
+    """socket.io-client's default: long-polling first, then the websocket, which the server takes over."""
+    client, events = socketio.Client(reconnection=False), []
+    client.on("task_update", events.append)
+    client.connect(live_server.url, auth={"token": live_server.token}, transports=["polling", "websocket"],
+                   wait_timeout=10)
+    wait_for(lambda: client.transport() == "websocket", 10, "the upgrade to websocket")
+    assert client.call("subscribe", {"task_id": "up-1"}, timeout=10)["subscriptions"] == ["up-1"]
+    post(live_server, "up-other")
+    event_id = post(live_server, "up-1")
+    wait_for(lambda: [e["id"] for e in events] == [event_id], 10, "the subscribed task's event only")
+    client.disconnect()
+    wait_for(lambda: _healthz_streams(live_server)["socketio"] == 0, 10, "the connection to be freed")
+
+
+def test_pings_keep_a_websocket_alive_and_a_client_that_stops_answering_is_dropped(start_server) -> None:
+    server = start_server(SOCKETIO_PING_INTERVAL="0.5", SOCKETIO_PING_TIMEOUT="1")
+    ws = websocket.create_connection(f"ws://127.0.0.1:{server.port}/socket.io/?EIO=4&transport=websocket",
+                                     timeout=10)
+    assert ws.recv().startswith("0{")  # Engine.IO open
+    ws.send("40" + json.dumps({"token": server.token}))
+    assert ws.recv().startswith("40{")  # Socket.IO connect accepted
+    for _ in range(4):
+        assert ws.recv() == "2"  # ping
+        ws.send("3")  # pong
+    assert _healthz_streams(server)["socketio"] == 1
+    assert ws.recv() == "2"  # not answered, this time
+    received = []
+    try:
+        while message := ws.recv():
+            received.append(message)
+    except websocket.WebSocketConnectionClosedException:
+        pass
+    assert set(received) <= {"1"}, received  # at most Engine.IO's close packet, then the connection ends
+    wait_for(lambda: _healthz_streams(server)["socketio"] == 0, 10, "the silent client to be dropped")
+    ws.close()
+
+
+def test_live_streams_leave_the_servers_handlers_free_and_are_capped(start_server) -> None:
+    """Streams taken over leave eventlet's MAX_CONNECTIONS handlers to requests, and are at most as many."""
+    server = start_server(MAX_CONNECTIONS="4")
+    streams = [server.sse("/task_updates") for _ in range(2)] + [server.socketio() for _ in range(2)]
+    wait_for(lambda: _healthz_streams(server) == {"sse": 2, "socketio": 2}, 10, "four open streams")
+    event_id = post(server, "slots")  # a fifth connection, served although four streams are open
+    full = server.get("/task_updates", stream=True)
+    assert full.status_code == 503 and full.json()["error"]["code"] == "unavailable"
+    assert int(full.headers["Retry-After"]) > 0
+    refused, reasons = socketio.Client(reconnection=False), []
+    refused.on("connect_error", reasons.append)
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        refused.connect(server.url, auth={"token": server.token}, transports=["websocket"], wait_timeout=5)
+    wait_for(lambda: reasons, 10, "the refusal")
+    assert reasons[0]["data"] == {"code": "unavailable"}
+    for stream in streams:
+        stream.wait_for_events(1)
+        assert stream.ids == [event_id]
+        stream.close()
+    wait_for(lambda: _healthz_streams(server) == {"sse": 0, "socketio": 0}, 10, "the streams to be freed")
+    server.sse("/task_updates").close()  # room again
