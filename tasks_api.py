@@ -10,7 +10,6 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
-from flask_limiter import Limiter
 from pydantic import BaseModel
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
@@ -19,6 +18,7 @@ from auth import current_viewer, rate_limit_key, requires
 from broker import BrokerUnavailable, Event
 from db import MAX_ID, Idempotency, Store, TaskNotFound, decode_cursor, encode_cursor
 from errors import APIError
+from ratelimit import WriteLimit, limited
 from schemas import EventListQuery, NotificationListQuery, TaskListQuery, TaskPatch, TaskReplace, TaskUpdate
 
 bp = Blueprint("api", __name__)
@@ -295,19 +295,13 @@ def readyz() -> ResponseReturnValue:
     return jsonify({"status": "ready", "checks": checks})
 
 
-def init_app(app: Flask) -> Limiter:
-    """Register the API and rate-limit its writes per token (RATE_LIMIT_WRITES)."""
+def init_app(app: Flask) -> WriteLimit:
+    """Register the API and rate-limit its writes per caller (RATE_LIMIT_WRITES)."""
     app.register_blueprint(bp)
-    limiter = Limiter(
-        rate_limit_key,
-        app=app,
-        storage_uri=app.config["RATE_LIMIT_STORAGE_URI"],
-        headers_enabled=True,
-        strategy="sliding-window-counter",  # constant time and memory per key, unlike moving-window
-    )
-    limit = limiter.limit(app.config["RATE_LIMIT_WRITES"])
+    write_limit = WriteLimit(app.config["RATE_LIMIT_WRITES"], app.config["RATE_LIMIT_STORAGE_URI"])
+    limit = limited(write_limit, rate_limit_key)
     for name in WRITE_ENDPOINTS:
         endpoint = f"{bp.name}.{name}"
         app.view_functions[endpoint] = limit(app.view_functions[endpoint])
-    app.extensions["api_limiter"] = limiter
-    return limiter
+    app.extensions["write_limit"] = write_limit
+    return write_limit

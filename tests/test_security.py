@@ -15,7 +15,7 @@ import socketio
 from sqlalchemy import func, select, update
 
 from db import EventRow, IdempotencyKey, Notification, utcnow
-from support import ROOT, SECRET, make_token, wait_for
+from support import ROOT, SECRET, free_port, make_token, wait_for
 
 WRITE_READ_STREAM = ("tasks:write", "tasks:read", "updates:read")
 OTHER_SECRET = "another-secret-of-sufficient-length-for-hs256-and-hs512-as-well-0123456789"
@@ -271,10 +271,13 @@ def test_write_rate_limit_per_token(start_server):
     alice = make_token("alice@example.com", WRITE_READ_STREAM)
     bob = make_token("bob@example.com", WRITE_READ_STREAM)
     for n in range(3):
-        assert server.post("/update_task", {"task_id": f"a{n}", "user_email": "alice@example.com"},
-                           token=alice).status_code == 200
+        accepted = server.post("/update_task", {"task_id": f"a{n}", "user_email": "alice@example.com"},
+                               token=alice)
+        assert accepted.status_code == 200
+        assert (accepted.headers["X-RateLimit-Limit"], accepted.headers["X-RateLimit-Remaining"]) == ("3", str(2 - n))
     limited = server.post("/update_task", {"task_id": "a9", "user_email": "alice@example.com"}, token=alice)
     assert limited.status_code == 429
+    assert limited.headers["X-RateLimit-Remaining"] == "0" and int(limited.headers["X-RateLimit-Reset"]) > time.time()
     assert limited.json()["error"]["code"] == "rate_limited"
     assert int(limited.headers["Retry-After"]) > 0
     assert server.get("/tasks/a9", token=alice).status_code == 404  # nothing stored
@@ -359,3 +362,13 @@ def test_idempotency_keys_expire_after_24_hours(secured, api):
     later = api.post("/update_task", json=body, headers={**token, "Idempotency-Key": "old"})
     assert later.status_code == 200 and "Idempotent-Replayed" not in later.headers
     assert rows(secured) == (2, 2)
+
+
+def test_writes_go_through_when_the_rate_limit_storage_is_down(start_server):
+    """A Redis that holds the counters and is down does not stop writes (the server logs it)."""
+    server = start_server(RATE_LIMIT_WRITES="3 per minute", RATE_LIMIT_STORAGE_URI=f"redis://127.0.0.1:{free_port()}/0")
+    token = make_token("alice@example.com", WRITE_READ_STREAM)
+    for n in range(5):
+        assert server.post("/update_task", {"task_id": f"r{n}", "user_email": "alice@example.com"},
+                           token=token).status_code == 200
+    assert "rate-limit storage unavailable" in server.log()
