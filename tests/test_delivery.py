@@ -130,3 +130,16 @@ def test_header_injection_through_the_title_is_neutralised(live_server, smtp):
     assert message["Bcc"] is None
     assert smtp.handler.recipients[0] == ["test@example.com"]
     assert "\n" not in message["Subject"] and "Bcc: victim" in message["Subject"]
+
+
+def test_accents_in_the_task_and_in_the_address_reach_the_mail(live_server, smtp):
+    """A non-ASCII title is encoded in the headers; a non-ASCII address is sent with SMTPUTF8."""
+    assert live_server.post("/update_task", {"task_id": "e1", "user_email": "test@example.com",
+                                             "title": "Réunion à 10 h", "description": "café"}).status_code == 200
+    assert live_server.post("/update_task", {"task_id": "e2", "user_email": "jürgen@example.com"}).status_code == 200
+    wait_for(lambda: {m["To"] for m in smtp.handler.messages} >= {"test@example.com", "jürgen@example.com"}, 10,
+             "both emails")
+    accented = next(m for m in smtp.handler.messages if "e1" in m["Subject"])
+    assert accented["Subject"] == "Task e1 created: Réunion à 10 h"
+    assert "café" in accented.get_body(("plain",)).get_content()
+    assert "café" in accented.get_body(("html",)).get_content()
