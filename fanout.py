@@ -24,6 +24,7 @@ from __future__ import annotations
 import _socket
 import io
 import logging
+import random
 import socket
 import struct
 import threading
@@ -290,7 +291,8 @@ class SSEWriter(LiveConnection):
         take_over(self._green)
         self._green = None
         self.expires_at = expires_at
-        self.next_heartbeat = time.time() + streams.heartbeat
+        # The first heartbeat at a random point, so that streams opened together do not beat together.
+        self.next_heartbeat = time.time() + streams.heartbeat * random.uniform(0.5, 1.0)
         self._streams = streams
         streams.add(self)
         self.watch()
@@ -500,7 +502,9 @@ class LiveWebSockets:
         def schedule_ping() -> None:  # as Engine.IO's: after the previous ping's pong
             if eio_socket.last_ping:
                 eio_socket.last_ping = None
-                self._pings[eio_socket] = time.time() + self.eio.ping_interval
+                # A little early at random, so that clients that came together (after a
+                # restart, say) are not all pinged, and do not all answer, at once.
+                self._pings[eio_socket] = time.time() + self.eio.ping_interval * random.uniform(0.75, 1.0)
 
         eio_socket.schedule_ping = schedule_ping
         if not self._pinging:
