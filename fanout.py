@@ -33,6 +33,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
 from wsproto.frame_protocol import FrameProtocol, Opcode, ParseFailed
 
@@ -420,6 +421,8 @@ class LiveWebSocket(LiveConnection):
             while self._inbox and self.closed_reason is None:
                 try:
                     self.eio_socket.receive(eio_packet.Packet(encoded_packet=self._inbox.popleft()))
+                except eio_exceptions.UnknownPacketError:
+                    continue  # as Engine.IO's own reader: ignored
                 except Exception:  # noqa: BLE001 - a bad packet ends this connection, not the server
                     logger.info("closing Socket.IO connection %s: unreadable packet", self.eio_socket.sid)
                     self.close(GONE)

@@ -224,3 +224,28 @@ def test_live_streams_leave_the_servers_handlers_free_and_are_capped(start_serve
         stream.close()
     wait_for(lambda: _healthz_streams(server) == {"sse": 0, "socketio": 0}, 10, "the streams to be freed")
     server.sse("/task_updates").close()  # room again
+
+
+def test_a_client_sending_nonsense_over_its_websocket_harms_no_one(live_server) -> None:
+    """Unknown Engine.IO packets are ignored, as Engine.IO does; an unreadable one ends only that connection."""
+    def opened() -> Any:
+        ws = websocket.create_connection(f"ws://127.0.0.1:{live_server.port}/socket.io/?EIO=4&transport=websocket",
+                                         timeout=10)
+        assert ws.recv().startswith("0{")  # Engine.IO open
+        ws.send("40" + json.dumps({"token": live_server.token}))
+        assert ws.recv().startswith("40{")  # Socket.IO connect accepted
+        return ws
+
+    odd, broken, bystander = opened(), opened(), live_server.socketio()
+    odd.send("9whatever")  # no such Engine.IO packet type: ignored
+    odd.send("42[unclosed")  # a Socket.IO event that is not JSON: Socket.IO drops it
+    broken.send("xyz")  # not an Engine.IO packet at all: the connection ends
+    with pytest.raises(websocket.WebSocketConnectionClosedException):
+        while broken.recv():
+            pass
+    event_id = post(live_server, "nonsense")
+    assert json.loads(odd.recv()[2:])[1]["id"] == event_id
+    bystander.wait_for_events(1)
+    assert bystander.ids == [event_id]
+    odd.close()
+    bystander.close()
