@@ -360,12 +360,20 @@ def init_app(app: Flask, store: Store, observer: DeliveryObserver | None = None)
 @click.command("worker")
 @click.option("--concurrency", type=click.IntRange(min=1), default=None,
               help="Worker threads (default NOTIFY_WORKERS).")
+@click.option("--metrics-port", type=click.IntRange(min=1, max=65535), default=None, envvar="WORKER_METRICS_PORT",
+              help="Serve this process's Prometheus metrics on http://HOST:PORT/metrics (default: not served).")
+@click.option("--metrics-host", default="127.0.0.1", envvar="WORKER_METRICS_HOST", show_default=True,
+              help="Address the metrics are served on.")
 @with_appcontext
-def worker_command(concurrency: int | None) -> None:
+def worker_command(concurrency: int | None, metrics_port: int | None, metrics_host: str) -> None:
     """Run only the notification workers, until SIGTERM or SIGINT."""
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     worker: NotificationWorker = app.extensions["notifications"]
     worker.workers = concurrency or max(1, worker.workers)
+    metrics_server = None
+    if metrics_port is not None:
+        metrics_server = app.extensions["metrics"].serve(metrics_port, metrics_host)
+        click.echo(f"metrics on http://{metrics_host}:{metrics_port}/metrics", err=True)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -379,6 +387,8 @@ def worker_command(concurrency: int | None) -> None:
     worker.stop(app.config["NOTIFY_STOP_GRACE_SECONDS"])
     if waker is not None:
         waker.join(2)
+    if metrics_server is not None:
+        metrics_server.shutdown()
 
 
 def _wake_on_events(app: Flask, worker: NotificationWorker, stop: threading.Event) -> threading.Thread | None:

@@ -18,7 +18,7 @@ import requests
 from sqlalchemy import create_engine
 
 from db import normalize_url
-from support import ROOT, SECRET, postgres_database, wait_for
+from support import ROOT, SECRET, free_port, postgres_database, wait_for
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -33,11 +33,11 @@ def postgres_url() -> Iterator[str]:
 class Worker:
     """`flask --app app worker` in a subprocess."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, concurrency: int = 2) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, concurrency: int = 2, *options: str) -> None:
         self.log_path = log_path
         log = open(log_path, "ab")  # noqa: SIM115 - the child owns it
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "flask", "--app", "app", "worker", "--concurrency", str(concurrency)],
+            [sys.executable, "-m", "flask", "--app", "app", "worker", "--concurrency", str(concurrency), *options],
             cwd=ROOT, env={**os.environ, **env, "PYTHONUNBUFFERED": "1"}, stdout=log, stderr=log,
         )
         log.close()
@@ -59,8 +59,8 @@ class Worker:
 def start_worker(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
     workers: list[Worker] = []
 
-    def start(env: dict[str, str], concurrency: int = 2) -> Worker:
-        worker = Worker(env, tmp_path / f"worker{len(workers)}.log", concurrency)
+    def start(env: dict[str, str], concurrency: int = 2, *options: str) -> Worker:
+        worker = Worker(env, tmp_path / f"worker{len(workers)}.log", concurrency, *options)
         workers.append(worker)
         return worker
 
@@ -254,3 +254,24 @@ def test_deployments_sharing_one_redis_keep_to_their_own_channel(start_server, r
     assert watch_one.ids == [first]
     watch_one.close()
     watch_two.close()
+
+
+def test_a_worker_process_serves_its_own_metrics(start_server, start_worker, smtp, postgres_url, tmp_path):
+    """`flask --app app worker --metrics-port P`: what its deliveries did, for Prometheus to scrape."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    env = shared_env(postgres_url, None, tmp_path, NOTIFY_WORKERS="0", **smtp.env)
+    server = start_server(**env)
+    port = free_port()
+    worker = start_worker(env, 1, "--metrics-port", str(port))
+    for n in range(3):
+        post(server, f"m{n}", n)
+    wait_for(lambda: smtp.handler.count() == 3, 30, "three emails")
+
+    def sent() -> float:
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
+                   if s.name == "notifications_total" and s.labels.get("outcome") == "sent")
+
+    wait_for(lambda: sent() == 3, 10, "three deliveries in the worker's metrics")
+    assert worker.stop() == 0
