@@ -203,10 +203,12 @@ _ERRORS: dict[int, tuple[str, str]] = {
     415: ("UnsupportedMediaType", "The body is not sent as application/json."),
     422: ("ValidationFailed", "A missing or invalid field or query parameter; details names each one."),
     429: ("RateLimited", "Too many writes for this token, or too many open streams for this user."),
+    503: ("Unavailable", "The server holds as many live streams as it may (MAX_CONNECTIONS); come back later."),
 }
 _HEADERS: dict[int, dict[str, Any]] = {
     401: {"WWW-Authenticate": {"schema": {"type": "string"}, "description": "Bearer realm=\"tasks\""}},
     429: {"Retry-After": {"schema": {"type": "string"}, "description": "Seconds to wait before trying again."}},
+    503: {"Retry-After": {"schema": {"type": "string"}, "description": "Seconds to wait before trying again."}},
 }
 
 
@@ -305,7 +307,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ),
     ("/task_updates", "GET"): Op(
         "task_updates", "Watch events live (Server-Sent Events)", "streams", scope="updates:read",
-        ok={200: ("The event stream.", {"type": "string"})}, errors=(401, 403, 422, 429),
+        ok={200: ("The event stream.", {"type": "string"})}, errors=(401, 403, 422, 429, 503),
         media_type="text/event-stream", description=_SSE_DESCRIPTION,
         extra_parameters=(
             {"name": "Last-Event-ID", "in": "header", "required": False,

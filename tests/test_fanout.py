@@ -212,6 +212,7 @@ def test_live_streams_leave_the_servers_handlers_free_and_are_capped(start_serve
     full = server.get("/task_updates", stream=True)
     assert full.status_code == 503 and full.json()["error"]["code"] == "unavailable"
     assert int(full.headers["Retry-After"]) > 0
+    assert "503" in server.get("/openapi.json").json()["paths"]["/task_updates"]["get"]["responses"]
     refused, reasons = socketio.Client(reconnection=False), []
     refused.on("connect_error", reasons.append)
     with pytest.raises(socketio.exceptions.ConnectionError):
