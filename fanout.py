@@ -30,7 +30,7 @@ import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from engineio import exceptions as eio_exceptions
@@ -119,6 +119,14 @@ def _keep_open(*_args: Any) -> None:
 
 def _ignore(*_args: Any) -> None:
     pass
+
+
+def _yielding(items: list[Any], batch: int = 256) -> Iterator[Any]:
+    """items, letting other green threads run after every batch of them (a sweep over thousands of clients)."""
+    for count, item in enumerate(items, 1):
+        yield item
+        if count % batch == 0:
+            time.sleep(0)  # cooperative under eventlet
 
 
 class LiveConnection:
@@ -323,9 +331,6 @@ class LiveStreams:
         self.heartbeat = heartbeat
         self._streams: set[SSEWriter] = set()
 
-    def __len__(self) -> int:
-        return len(self._streams)
-
     def add(self, stream: SSEWriter) -> None:
         self._streams.add(stream)
 
@@ -336,10 +341,8 @@ class LiveStreams:
         """Until stopping is set."""
         while not stopping.wait(min(1.0, self.heartbeat / 2)):
             now = time.time()
-            for count, stream in enumerate(list(self._streams), 1):
+            for stream in _yielding(list(self._streams)):
                 stream.tick(now)
-                if count % 256 == 0:
-                    time.sleep(0)  # let others run between batches (cooperative under eventlet)
 
     def close(self) -> None:
         for stream in list(self._streams):
@@ -472,9 +475,6 @@ class LiveWebSockets:
         self.eio._async = {**self.eio._async, "websocket": TakenOverWebSocket}
         self.eio.sockets = _SocketsNoted(self.eio.sockets, self._noted)
 
-    def __len__(self) -> int:
-        return len(self._by_sid)
-
     def send(self, eio_sid: str, frame: bytes) -> bool:
         """Write a pre-encoded frame to a taken-over connection; False when eio_sid is not one."""
         connection = self._by_sid.get(eio_sid)
@@ -516,15 +516,13 @@ class LiveWebSockets:
 
     def _ping(self) -> None:
         while not self._stopping.wait(1.0):
-            now = time.time()
+            now, ping = time.time(), eio_packet.Packet(eio_packet.PING)
             due = [eio_socket for eio_socket, at in self._pings.items() if at <= now]
-            for count, eio_socket in enumerate(due, 1):
+            for eio_socket in _yielding(due):
                 del self._pings[eio_socket]
                 if not eio_socket.closing and not eio_socket.closed:
                     eio_socket.last_ping = now
-                    eio_socket.send(eio_packet.Packet(eio_packet.PING))
-                if count % 256 == 0:
-                    time.sleep(0)  # let others run between batches (cooperative under eventlet)
+                    eio_socket.send(ping)
 
     def _serve(self, eio_socket: Any, ws: Any, handler: Any) -> Any:
         """Set the websocket transport up as Engine.IO does, then take the connection over."""
