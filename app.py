@@ -96,7 +96,8 @@ def make_broker(config: Mapping[str, Any], store: db.Store) -> Broker:
 
 
 def start(app: Flask) -> None:
-    """Start the notification workers and the Socket.IO relay (python app.py does; tests may)."""
+    """Start the notification workers, the Socket.IO relay and the store's upkeep (python app.py does; tests may)."""
+    app.extensions["store"].start()
     app.extensions["notifications"].start()
     app.extensions["streams"].start()
 

@@ -48,6 +48,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from broker import Event
+from checkpoints import Checkpointer
 
 
 def utcnow() -> datetime:
@@ -222,11 +223,22 @@ class Store:
         self.is_sqlite = url.startswith("sqlite")
         self.engine = _create_engine(url)
         self._write_lock = threading.Lock()
+        self._checkpointer: Checkpointer | None = None
 
     def create_schema(self) -> None:
         Base.metadata.create_all(self.engine)
 
+    def start(self) -> None:
+        """The server's upkeep: on SQLite, checkpoints in an OS thread rather than inside a request's commit."""
+        in_memory = self.engine.url.database in (None, "", ":memory:")
+        if self.is_sqlite and not in_memory and self._checkpointer is None:
+            self._checkpointer = Checkpointer(self.engine, self._write_lock)
+            self._checkpointer.start()
+
     def dispose(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
         self.engine.dispose()
 
     @contextmanager
