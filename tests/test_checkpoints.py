@@ -49,14 +49,6 @@ def test_started_store_connections_leave_checkpoints_to_the_background(sqlite_st
     assert pragma(sqlite_store, "wal_autocheckpoint") == 1000
 
 
-def _frames(store: Store) -> int:
-    connection = store.engine.raw_connection()
-    try:
-        return connection.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
-    finally:
-        connection.close()
-
-
 @pytest.mark.parametrize(("logs", "locked"), [
     ([500], []),  # a short log: one pass, no lock
     ([5000, 5600, 5650], [False, False, False, True]),  # fewer frames each pass, the last few under the lock
