@@ -27,7 +27,8 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask
+from flask import Flask, Request, Response
+from flask.sessions import SessionInterface, SessionMixin
 from flask_cors import CORS
 
 import auth
@@ -47,6 +48,16 @@ from config import load_config
 logger = logging.getLogger("app")
 
 
+class NoSessions(SessionInterface):
+    """No cookie sessions: requests carry their token, and Flask's default built a signing serializer per request."""
+
+    def open_session(self, app: Flask, request: Request) -> SessionMixin | None:
+        return None  # Flask then gives the request its null session
+
+    def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
+        return None
+
+
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app: defaults, then the environment, then config. Nothing runs until start(app)."""
     settings = load_config()
@@ -56,6 +67,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app = Flask(__name__, instance_path=settings.get("INSTANCE_PATH") or None, static_folder=None)
     app.config.from_mapping(settings)
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.session_interface = NoSessions()
 
     errors.init_app(app)
     auth.init_app(app)
