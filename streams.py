@@ -30,6 +30,7 @@ from broker import Broker, Event, SubscriptionClosed
 from db import MAX_ID, Store
 from errors import APIError
 from fanout import LiveStreams, LiveWebSockets, SSEWriter, note_chunked, stream_socket, websocket_frame
+from rooms import client_manager
 
 logger = logging.getLogger(__name__)
 
@@ -447,8 +448,7 @@ def init_app(app: Flask, store: Store, broker: Broker) -> StreamHub:
     socketio = SocketIO(
         app,
         async_mode=app.config["ASYNC_MODE"],
-        message_queue=app.config.get("REDIS_URL"),
-        channel=f"{app.config['REDIS_CHANNEL']}-socketio",
+        client_manager=client_manager(app.config.get("REDIS_URL"), f"{app.config['REDIS_CHANNEL']}-socketio"),
         cors_allowed_origins=origin_allowed,
         logger=False,
         engineio_logger=False,

@@ -1,0 +1,62 @@
+"""The Socket.IO client manager: a client leaving costs its own rooms, not a scan of everyone's."""
+
+from __future__ import annotations
+
+import socketio
+
+import rooms
+
+
+class NoScan(dict):
+    """A namespace's rooms that fail the test when anything walks all of them."""
+
+    def _walked(self, *_args: object) -> None:
+        raise AssertionError("the manager walked every room of the namespace")
+
+    copy = items = values = keys = __iter__ = _walked  # type: ignore[assignment]
+
+
+def connected(manager: rooms.IndexedManager, count: int) -> list[str]:
+    socketio.Server(client_manager=manager, async_mode="threading")  # the manager's server names the clients
+    sids = []
+    for n in range(count):
+        sid = manager.connect(f"eio-{n}", "/")
+        manager.enter_room(sid, "/", f"user{n % 10}all")
+        manager.enter_room(sid, "/", f"task:{n}")
+        sids.append(sid)
+    return sids
+
+
+def test_disconnect_leaves_only_the_clients_own_rooms_without_walking_the_others():
+    manager = rooms.IndexedManager()
+    sids = connected(manager, 300)
+    manager.rooms["/"] = NoScan(manager.rooms["/"])
+    manager.disconnect(sids[7], "/")
+    assert not manager.is_connected(sids[7], "/")
+    assert "task:7" not in manager.rooms["/"]
+    assert sids[7] not in manager.rooms["/"]["user7all"]
+    assert len(manager.rooms["/"]["user7all"]) == 29  # the user's other clients stay
+    assert manager.get_rooms(sids[8], "/") != []
+    assert set(manager.get_rooms(sids[8], "/")) == {sids[8], "user8all", "task:8"}
+
+
+def test_every_client_gone_leaves_no_room_behind():
+    manager = rooms.IndexedManager()
+    sids = connected(manager, 50)
+    manager.leave_room(sids[0], "/", "task:0")
+    assert set(manager.get_rooms(sids[0], "/")) == {sids[0], "user0all"}
+    for sid in sids:
+        manager.disconnect(sid, "/")
+    assert manager.rooms == {}
+    assert manager._rooms_of == {}
+    assert manager.pending_connect == {}
+
+
+def test_the_app_uses_the_indexed_manager(make_app):
+    assert type(make_app().extensions["socketio"].server.manager) is rooms.IndexedManager
+
+
+def test_with_redis_the_shared_manager_is_indexed_too():
+    manager = rooms.client_manager("redis://127.0.0.1:6379/0", "tasks-socketio")  # connects on first use only
+    assert isinstance(manager, rooms.IndexedRedisManager)
+    assert manager.channel == "tasks-socketio"
