@@ -22,7 +22,9 @@ declines (`send()` returns False).
 from __future__ import annotations
 
 import _socket
+import heapq
 import io
+import itertools
 import logging
 import random
 import socket
@@ -48,6 +50,8 @@ CLIENT_CLOSED = "client closed"
 HEARTBEAT_CHUNK = http_chunk(b": heartbeat\n\n")
 END_CHUNK = b"0\r\n\r\n"  # the end of a chunked body
 WEBSOCKET_CLOSE = b"\x88\x00"  # a close frame without a status
+ENGINEIO_PONG = b"3"  # the whole of an Engine.IO pong message
+PING_TICK_SECONDS = 0.1  # pings go out in small groups this often, not all the second's at once
 _EMPTY_INPUT = io.BytesIO()
 
 
@@ -408,7 +412,13 @@ class LiveWebSocket(LiveConnection):
                         return
                     if frame.message_finished:
                         parts, self._parts = self._parts, []
-                        self._inbox.append(parts[0][:0].join(parts))
+                        message = parts[0][:0].join(parts)
+                        if message == ENGINEIO_PONG and not self._inbox:
+                            # All Engine.IO does with a pong (schedule the next ping, see
+                            # LiveWebSockets) cannot wait: done here, without a green thread each.
+                            self.eio_socket.schedule_ping()
+                        else:
+                            self._inbox.append(message)
         except ParseFailed:
             self.close(GONE)
             return
@@ -458,7 +468,8 @@ class LiveWebSockets:
         self.max_pending = max_pending
         self.max_message = int(self.eio.max_http_buffer_size)
         self._by_sid: dict[str, LiveWebSocket] = {}
-        self._pings: dict[Any, float] = {}  # Engine.IO socket -> when its next ping is due
+        self._pings: list[tuple[float, int, Any]] = []  # a heap of (when due, tie-break, Engine.IO socket)
+        self._order = itertools.count()
         self._stopping = threading.Event()
         self._pinging = False
         base = self.eio._async.get("websocket")
@@ -507,7 +518,8 @@ class LiveWebSockets:
                 eio_socket.last_ping = None
                 # A little early at random, so that clients that came together (after a
                 # restart, say) are not all pinged, and do not all answer, at once.
-                self._pings[eio_socket] = time.time() + self.eio.ping_interval * random.uniform(0.75, 1.0)
+                due = time.time() + self.eio.ping_interval * random.uniform(0.75, 1.0)
+                heapq.heappush(self._pings, (due, next(self._order), eio_socket))
 
         eio_socket.schedule_ping = schedule_ping
         if not self._pinging:
@@ -515,11 +527,16 @@ class LiveWebSockets:
             self.eio.start_background_task(self._ping)
 
     def _ping(self) -> None:
-        while not self._stopping.wait(1.0):
+        # Every tick sends the pings now due, a few at a time: sent a second's worth at
+        # once, they (and the pongs that come straight back) stalled the server for
+        # several ms, which showed in the tail of every client's latency.
+        pings = self._pings
+        while not self._stopping.wait(PING_TICK_SECONDS):
             now, ping = time.time(), eio_packet.Packet(eio_packet.PING)
-            due = [eio_socket for eio_socket, at in self._pings.items() if at <= now]
-            for eio_socket in _yielding(due):
-                del self._pings[eio_socket]
+            due = []
+            while pings and pings[0][0] <= now:
+                due.append(heapq.heappop(pings)[2])
+            for eio_socket in _yielding(due, batch=32):
                 if not eio_socket.closing and not eio_socket.closed:
                     eio_socket.last_ping = now
                     eio_socket.send(ping)

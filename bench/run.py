@@ -254,6 +254,7 @@ class OurServer(Server):
         })
         if self.run.args.redis:
             env["REDIS_URL"] = "redis://127.0.0.1:6379/0"
+        env.update(self.run.args.server_env)
         env.update(self.extra)
         return env
 
@@ -1108,6 +1109,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--postgres", action="store_true", help="our server on PostgreSQL at 127.0.0.1:5432 "
                                                                 "(a fresh database per server)")
     parser.add_argument("--redis", action="store_true", help="our server with REDIS_URL=redis://127.0.0.1:6379/0")
+    parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting of our server for every run (repeatable), e.g. NOTIFY_WORKERS=0")
     parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None,
                         help="py-spy flame graph of our server in an extra 500+500 fan-out (default: on in full mode)")
     parser.add_argument("--profile-seconds", type=int, default=20)
@@ -1131,6 +1134,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.profile = (not q) if args.profile is None else args.profile
     args.docs = (not q) if args.docs is None else args.docs
     args.only = [s.strip() for s in args.only.split(",") if s.strip()]
+    if any("=" not in setting for setting in args.server_env):
+        parser.error("--server-env takes NAME=VALUE")
+    args.server_env = dict(setting.split("=", 1) for setting in args.server_env)
     args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     for s in args.only:
         if s not in SCENARIOS:
