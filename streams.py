@@ -25,7 +25,7 @@ from flask import Blueprint, Flask, Response, current_app, request
 from flask_socketio import ConnectionRefusedError as SocketIORefused
 from flask_socketio import SocketIO
 
-from auth import EVERYONE, TokenError, Viewer, authenticate, viewer_for_token
+from auth import TokenError, Viewer, authenticate, viewer_for_token
 from broker import Broker, Event, SubscriptionClosed
 from db import MAX_ID, Store
 from errors import APIError
@@ -276,38 +276,40 @@ class StreamHub:
         if self._started:
             return
         self._started = True
-        subscription = self.broker.subscribe()
+        # The hub is a broker reader: each event is emitted to the rooms by whoever
+        # publishes it (after its commit, in id order), not handed to a green thread of
+        # ours first, which ran only once the POST's answer was written.
         self._position = self.store.last_event_id()
-        self.socketio.start_background_task(self._pump, subscription)
+        self.broker.attach(self)
+        self.socketio.start_background_task(self._expire_tokens)
         self.socketio.start_background_task(self.live_sse.run, self._stopping)
 
     def stop(self) -> None:
         self._stopping.set()
+        self.broker.detach(self)
         self.live_sse.close()
         if self._websockets is not None:
             self._websockets.stop()
 
-    def _pump(self, subscription: Any) -> None:
-        while not self._stopping.is_set():
-            try:
-                event = subscription.get(timeout=1.0)
-            except SubscriptionClosed:
-                # We fell behind (or the broker closed): catch up from the log, then resubscribe.
-                subscription = self.broker.subscribe()
-                with self._lock:
-                    for missed in replay(self.store, self._position, EVERYONE, None):
-                        self._emit(missed)
-                continue
+    def offer(self, event: Event) -> None:
+        """Emit a committed event to the rooms that may see it (the broker calls this; nothing here waits)."""
+        with self._lock:
+            slow = self._emit(event) if event.id > self._position else []
+        if slow:  # in a task of its own: disconnecting calls our disconnect handler, and the caller holds locks
+            self.socketio.start_background_task(self._cut, slow)
+
+    def close(self) -> None:
+        """The broker closed: nothing more comes (the server is stopping)."""
+
+    def _cut(self, eio_sids: list[str]) -> None:
+        for eio_sid in eio_sids:
+            logger.info("closing Socket.IO connection %s: it fell more than %s events behind",
+                        eio_sid, self.queue_size)
+            self._websockets.cut(eio_sid)  # type: ignore[union-attr]
+
+    def _expire_tokens(self) -> None:
+        while not self._stopping.wait(1.0):
             self._disconnect_expired()
-            if event is None:
-                continue
-            with self._lock:
-                slow = self._emit(event) if event.id > self._position else []
-            for eio_sid in slow:  # outside the lock: disconnecting calls our disconnect handler
-                logger.info("closing Socket.IO connection %s: it fell more than %s events behind",
-                            eio_sid, self.queue_size)
-                self._websockets.cut(eio_sid)  # type: ignore[union-attr]
-        subscription.close()
 
     def _emit(self, event: Event) -> list[str]:
         """Send event to the rooms that may see it; return the Engine.IO ids of clients too far behind to keep."""
@@ -359,17 +361,25 @@ class StreamHub:
             self.socketio.start_background_task(self._attach, sid, last_event_id)
 
     def _attach(self, sid: str, last_event_id: int | None) -> None:
-        with self._lock:
-            client = self._clients.get(sid)
-            if client is None:
-                return  # gone before we got to it
-            if last_event_id is not None:
-                task_ids = frozenset(client.task_ids) or None
-                for event in replay(self.store, last_event_id, client.viewer, task_ids, until_id=self._position):
-                    self.socketio.emit("task_update", json.loads(event.data), to=sid, ignore_queue=True)
-            for room in self._rooms(client):
-                self.socketio.server.enter_room(sid, room)
-            client.attached = True
+        """Replay what the client missed, then put it in its rooms, with no event between the two."""
+        while True:
+            with self._lock:
+                client = self._clients.get(sid)
+                if client is None:
+                    return  # gone before we got to it
+                if last_event_id is None or last_event_id >= self._position:
+                    # Nothing more to replay: from here on the rooms bring every event.
+                    for room in self._rooms(client):
+                        self.socketio.server.enter_room(sid, room)
+                    client.attached = True
+                    return
+                until_id, task_ids = self._position, frozenset(client.task_ids) or None
+            # The log is read without the lock, which every event's emit takes; events
+            # emitted meanwhile do not reach this client (not in its rooms yet) and are
+            # replayed on the next turn.
+            for event in replay(self.store, last_event_id, client.viewer, task_ids, until_id=until_id):
+                self.socketio.emit("task_update", json.loads(event.data), to=sid, ignore_queue=True)
+            last_event_id = until_id
 
     def disconnect(self, sid: str) -> None:
         with self._lock:
