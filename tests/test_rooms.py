@@ -1,4 +1,4 @@
-"""The Socket.IO client manager: a client leaving costs its own rooms, not a scan of everyone's."""
+"""Socket.IO in process: a client leaving costs its own rooms only; events are emitted as they are published."""
 
 from __future__ import annotations
 
@@ -60,3 +60,19 @@ def test_with_redis_the_shared_manager_is_indexed_too():
     manager = rooms.client_manager("redis://127.0.0.1:6379/0", "tasks-socketio")  # connects on first use only
     assert isinstance(manager, rooms.IndexedRedisManager)
     assert manager.channel == "tasks-socketio"
+
+
+def test_a_write_is_in_the_socketio_clients_queue_before_the_post_is_answered(make_app):
+    # The stream hub emits each event as it is published (after the commit, in the
+    # POST's own thread): no hand-over to a relay thread that runs later.
+    import app as app_module
+
+    app = make_app()
+    app_module.start(app)
+    client = app.extensions["socketio"].test_client(app)
+    assert client.is_connected()
+    written = app.test_client().post("/update_task", json={"task_id": "123", "user_email": "a@example.com"})
+    assert written.status_code == 200
+    received = client.get_received()
+    assert [(r["name"], r["args"][0]["task_id"]) for r in received] == [("task_update", "123")]
+    client.disconnect()
