@@ -21,6 +21,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+import engineio
 import pytest
 import requests
 import socketio
@@ -310,14 +311,31 @@ class SSEClient:
         self._thread.join(5)
 
 
+class _InOrderEngineIOClient(engineio.Client):
+    """Engine.IO's client, handing each message to its handlers in the order it arrived.
+
+    The stock client starts a thread per message, so under load two events could
+    be recorded in the opposite order of their arrival (seen once in a full run).
+    """
+
+    def _trigger_event(self, event: str, *args: Any, **kwargs: Any) -> Any:
+        kwargs["run_async"] = False
+        return super()._trigger_event(event, *args, **kwargs)
+
+
+class _InOrderClient(socketio.Client):
+    def _engineio_client_class(self) -> type:
+        return _InOrderEngineIOClient
+
+
 class SocketIOClient:
-    """python-socketio's client over websocket, keeping every task_update it receives."""
+    """python-socketio's client over websocket, keeping every task_update it receives, in the order it arrived."""
 
     def __init__(self, url: str, auth: dict[str, Any] | None = None) -> None:
         self.url = url
         self.auth = auth
         self.events: list[dict[str, Any]] = []
-        self.client = socketio.Client(reconnection=False)
+        self.client = _InOrderClient(reconnection=False)
         self.client.on("task_update", self.events.append)
 
     def connect(self) -> SocketIOClient:
