@@ -1006,6 +1006,7 @@ def write_docs(results: dict[str, Any], out: Path, plots: list[Path], command: s
         "bench/run            # full sizes (this page); writes bench/results/<timestamp>/ and docs/benchmarks.md",
         "bench/run --quick    # small sizes, about four minutes",
         "bench/run --only fanout,memory --postgres --redis   # chosen scenarios, our server on PostgreSQL + Redis",
+        "bench/run --only peruser --servers ours --server-env NOTIFY_WORKERS=0   # one server, a setting of ours",
         "```",
         "",
         "`bench/run` installs the Node.js packages of `bench/reference` (socket.io) and `bench/clients`",
