@@ -50,7 +50,7 @@ CLIENT_CLOSED = "client closed"
 HEARTBEAT_CHUNK = http_chunk(b": heartbeat\n\n")
 END_CHUNK = b"0\r\n\r\n"  # the end of a chunked body
 WEBSOCKET_CLOSE = b"\x88\x00"  # a close frame without a status
-ENGINEIO_PONG = b"3"  # the whole of an Engine.IO pong message
+ENGINEIO_PONG = "3"  # the whole of an Engine.IO pong message (a text frame: wsproto gives its text)
 PING_TICK_SECONDS = 0.1  # pings go out in small groups this often, not all the second's at once
 _EMPTY_INPUT = io.BytesIO()
 

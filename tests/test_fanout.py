@@ -19,7 +19,7 @@ import socketio
 import websocket
 
 from broker import http_chunk
-from fanout import websocket_frame
+from fanout import LiveWebSocket, websocket_frame
 from support import wait_for
 
 pytestmark = pytest.mark.skipif(os.environ.get("TEST_ASYNC_MODE", "eventlet") != "eventlet",
@@ -221,6 +221,35 @@ def test_pings_keep_to_the_ping_interval_and_pongs_are_answered_where_they_are_r
     assert sum(gaps) / len(gaps) < 0.8, gaps  # 0.375 to 0.5 s each, plus at most a tick
     assert _healthz_streams(server)["socketio"] == 1
     ws.close()
+
+
+def _client_frame(text: str) -> bytes:
+    """A masked text frame, as a websocket client sends it (short payloads only)."""
+    mask = b"\x01\x02\x03\x04"
+    payload = bytes(byte ^ mask[i % 4] for i, byte in enumerate(text.encode()))
+    return bytes([0x81, 0x80 | len(payload)]) + mask + payload
+
+
+def test_a_pong_is_handed_to_engineio_where_it_is_read() -> None:
+    class Owner:
+        max_message = 1000
+
+    class EngineIOSocket:
+        pinged = 0
+
+        def schedule_ping(self) -> None:  # all Engine.IO does with a pong
+            self.pinged += 1
+
+    eio_socket = EngineIOSocket()
+    ours, theirs = socket.socketpair()
+    try:
+        connection = LiveWebSocket(Owner(), eio_socket, ours, 10)
+        connection.received(_client_frame("3") + _client_frame("3"))
+        assert eio_socket.pinged == 2  # no green thread started for them, nothing left waiting
+        assert not connection._inbox and not connection._handing
+    finally:
+        ours.close()
+        theirs.close()
 
 
 def test_live_streams_leave_the_servers_handlers_free_and_are_capped(start_server) -> None:
