@@ -147,7 +147,10 @@ def _lean_protocol() -> type:
 
 
 def main() -> None:
-    settings = load_config()
+    try:
+        settings = load_config()
+    except ValueError as exc:
+        raise SystemExit(f"configuration: {exc}") from None
     logging.basicConfig(level=settings["LOG_LEVEL"], format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     mode = os.environ.get("ASYNC_MODE", "eventlet")
     if mode not in ("eventlet", "gevent", "threading"):

@@ -29,6 +29,14 @@ def as_str(value: str) -> str:
     return value
 
 
+def as_sqlite_synchronous(value: str) -> str:
+    """SQLite's synchronous setting for the embedded database: NORMAL or FULL."""
+    level = value.strip().upper()
+    if level not in ("NORMAL", "FULL"):
+        raise ValueError("expected NORMAL or FULL")
+    return level
+
+
 # name -> (default, parser). Every name here is an environment variable of the same
 # name and is documented in the README's settings table.
 SETTINGS: dict[str, tuple[Any, Callable[[str], Any]]] = {
@@ -36,6 +44,7 @@ SETTINGS: dict[str, tuple[Any, Callable[[str], Any]]] = {
     "PORT": (5000, as_int),
     "INSTANCE_PATH": (None, as_str),
     "DATABASE_URL": (None, as_str),
+    "SQLITE_SYNCHRONOUS": ("NORMAL", as_sqlite_synchronous),
     "REDIS_URL": (None, as_str),
     "REDIS_CHANNEL": ("task-events", as_str),
     "SECRET_KEY": (None, as_str),

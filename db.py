@@ -217,11 +217,12 @@ def decode_cursor(cursor: str) -> int:
 class Store:
     """The database of one app: its engine, short read and write sessions, and task changes."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, sqlite_synchronous: str = "NORMAL") -> None:
+        """sqlite_synchronous: NORMAL (a commit does not wait for the disk) or FULL (it does)."""
         url = normalize_url(url)
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
-        self.engine = _create_engine(url)
+        self.engine = _create_engine(url, sqlite_synchronous)
         self._write_lock = threading.Lock()
         self._checkpointer: Checkpointer | None = None
 
@@ -575,7 +576,9 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def _create_engine(url: str) -> Engine:
+def _create_engine(url: str, sqlite_synchronous: str = "NORMAL") -> Engine:
+    if sqlite_synchronous not in ("NORMAL", "FULL"):
+        raise ValueError(f"sqlite_synchronous must be NORMAL or FULL, not {sqlite_synchronous!r}")
     if not url.startswith("sqlite"):
         return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=30, pool_timeout=30)
     engine = create_engine(
@@ -592,7 +595,7 @@ def _create_engine(url: str) -> Engine:
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA synchronous={sqlite_synchronous}")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
@@ -624,6 +627,6 @@ def default_url(instance_path: str) -> str:
 def init_app(app: Flask) -> Store:
     """The app's store from DATABASE_URL (default: SQLite in the instance folder); migrate.py makes its schema."""
     url = app.config.get("DATABASE_URL") or default_url(app.instance_path)
-    store = Store(url)
+    store = Store(url, sqlite_synchronous=app.config.get("SQLITE_SYNCHRONOUS", "NORMAL"))
     app.extensions["store"] = store
     return store

@@ -111,3 +111,37 @@ def test_cursor_round_trip_and_refusal():
     for bad in ("!!", "bm90LWEtbnVtYmVy", ""):
         with pytest.raises(ValueError):
             decode_cursor(bad)
+
+
+def synchronous_level(store: Store) -> int:
+    connection = store.engine.raw_connection()
+    try:
+        return connection.cursor().execute("PRAGMA synchronous").fetchone()[0]
+    finally:
+        connection.close()
+
+
+def test_sqlite_commits_wait_for_the_disk_only_when_asked(make_app, tmp_path):
+    normal = make_app(DATABASE_URL=f"sqlite:///{tmp_path / 'normal.db'}")
+    full = make_app(DATABASE_URL=f"sqlite:///{tmp_path / 'full.db'}", SQLITE_SYNCHRONOUS="FULL")
+    assert synchronous_level(normal.extensions["store"]) == 1  # NORMAL
+    assert synchronous_level(full.extensions["store"]) == 2  # FULL
+    with pytest.raises(ValueError, match="NORMAL or FULL"):
+        Store(f"sqlite:///{tmp_path / 'bad.db'}", sqlite_synchronous="OFF; DROP TABLE tasks")
+
+
+def test_the_server_runs_with_full_sync_and_refuses_an_unknown_level(start_server, tmp_path):
+    import subprocess
+    import sys
+
+    from support import ROOT
+
+    server = start_server(DATABASE_URL=f"sqlite:///{tmp_path / 'full.db'}", SQLITE_SYNCHRONOUS="full")
+    answer = server.post("/update_task", {"task_id": "123", "user_email": "test@example.com"})
+    assert answer.status_code == 200 and answer.json()["event_id"] == 1
+    refused = subprocess.run([sys.executable, "app.py"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                             env={"PATH": "/usr/bin:/bin", "SQLITE_SYNCHRONOUS": "OFF",
+                                  "INSTANCE_PATH": str(tmp_path / "refused")})
+    assert refused.returncode != 0
+    assert "configuration: invalid value for SQLITE_SYNCHRONOUS: 'OFF'" in refused.stderr
+    assert "Traceback" not in refused.stderr
