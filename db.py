@@ -7,7 +7,8 @@ every stream.
 
 On PostgreSQL, transactions that append events take one advisory lock, so
 events commit in id order across processes: a reader that has seen event N
-has seen every event before it.
+has seen every event before it. The writes that queue while one commits
+share the next transaction (group_commit.py).
 
 On SQLite (the embedded default) writes are serialized in the process by a
 lock and begin with BEGIN IMMEDIATE: SQLite's busy wait is C code that never
@@ -49,6 +50,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from broker import Event
 from checkpoints import Checkpointer
+from group_commit import GroupCommit
 
 
 def utcnow() -> datetime:
@@ -224,6 +226,9 @@ class Store:
         self.is_sqlite = url.startswith("sqlite")
         self.engine = _create_engine(url, sqlite_synchronous)
         self._write_lock = threading.Lock()
+        self._group: GroupCommit[DriverSQL] = GroupCommit(self._write_lock, self._driver_transaction,
+                                                          tolerated=(TaskNotFound,),
+                                                          max_group=1 if self.is_sqlite else 100)
         self._checkpointer: Checkpointer | None = None
 
     def create_schema(self) -> None:
@@ -276,42 +281,43 @@ class Store:
         idempotency records the key with the event in the same transaction; a
         second write with the same key fails on its unique constraint.
         after_commit runs once the transaction is committed, before the next
-        write begins, so events reach it in id order.
+        write begins, so events reach it in id order. Writes that arrive while
+        another commits share the next transaction (group_commit.py).
         """
-        with self._write_lock:
-            with self._driver_transaction() as sql:
-                row = sql.task(task_id)
-                created = row is None
-                if (created and mode == "patch") or (row is not None and owner not in (None, row["user_email"])):
-                    raise TaskNotFound(task_id)
-                now = utcnow()
-                if row is None:
-                    values = {"task_id": task_id, "title": "", "description": "", "status": "open",
-                              "created_at": now, **fields, "updated_at": now}
-                    sql.insert_task(values)
-                else:
-                    values = {**row, **fields, "updated_at": now}
-                    sql.update_task(row["id"], {**fields, "updated_at": now})
-                task_dict = task_to_dict(values)
-                kind = "task.created" if created else "task.updated"
-                event_ = sql.record_event(kind, task_dict, now, outbox)
-                if idempotency is not None:
-                    sql.record_key(idempotency, event_.id, created, now)
-            after_commit(event_)
-        return task_dict, event_, created
+        def apply(sql: DriverSQL) -> tuple[tuple[dict[str, Any], Event, bool], Event]:
+            row = sql.task(task_id)
+            created = row is None
+            if (created and mode == "patch") or (row is not None and owner not in (None, row["user_email"])):
+                raise TaskNotFound(task_id)
+            now = utcnow()
+            if row is None:
+                values = {"task_id": task_id, "title": "", "description": "", "status": "open",
+                          "created_at": now, **fields, "updated_at": now}
+                sql.insert_task(values)
+            else:
+                values = {**row, **fields, "updated_at": now}
+                sql.update_task(row["id"], {**fields, "updated_at": now})
+            task_dict = task_to_dict(values)
+            event_ = sql.record_event("task.created" if created else "task.updated", task_dict, now, outbox)
+            if idempotency is not None:
+                sql.record_key(idempotency, event_.id, created, now)
+            return (task_dict, event_, created), event_
+
+        return self._group.run(apply, after_commit)
 
     def delete_task(self, task_id: str, *, outbox: Outbox, after_commit: Callable[[Event], None],
                     owner: str | None = None) -> Event:
         """Delete a task and record a task.deleted event carrying its last state."""
-        with self._write_lock:
-            with self._driver_transaction() as sql:
-                row = sql.task(task_id)
-                if row is None or owner not in (None, row["user_email"]):
-                    raise TaskNotFound(task_id)
-                sql.delete_task(row["id"])
-                event_ = sql.record_event("task.deleted", task_to_dict(row), utcnow(), outbox)
-            after_commit(event_)
-        return event_
+
+        def apply(sql: DriverSQL) -> tuple[Event, Event]:
+            row = sql.task(task_id)
+            if row is None or owner not in (None, row["user_email"]):
+                raise TaskNotFound(task_id)
+            sql.delete_task(row["id"])
+            event_ = sql.record_event("task.deleted", task_to_dict(row), utcnow(), outbox)
+            return event_, event_
+
+        return self._group.run(apply, after_commit)
 
     @contextmanager
     def driver_write(self) -> Iterator[DriverSQL]:

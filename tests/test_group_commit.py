@@ -1,0 +1,251 @@
+"""Group commit: writes that queue while one transaction commits share the next; each failure stays its own."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from db import Outbox, Store
+from group_commit import GroupCommit
+from support import wait_for
+
+LOG_ONLY = Outbox(targets=(("log", "log"),))
+
+
+class Missing(LookupError):
+    pass
+
+
+class FakeDatabase:
+    """Transactions that record what each one held; a commit can be held back or made to fail."""
+
+    def __init__(self) -> None:
+        self.committed: list[list[str]] = []
+        self.rolled_back: list[list[str]] = []
+        self.hold = threading.Event()
+        self.hold.set()
+        self.in_commit = threading.Event()
+        self.fail_commits = 0
+
+    @contextmanager
+    def transaction(self) -> Iterator[list[str]]:
+        held: list[str] = []
+        try:
+            yield held
+        except BaseException:
+            self.rolled_back.append(held)
+            raise
+        self.in_commit.set()
+        self.hold.wait(10)
+        if self.fail_commits:
+            self.fail_commits -= 1
+            self.rolled_back.append(held)
+            raise OSError("the commit failed")
+        self.committed.append(held)
+
+
+def writer(name: str, fail: type[BaseException] | None = None):
+    def apply(held: list[str]) -> tuple[str, str]:
+        if fail is not None:
+            raise fail(name)
+        held.append(name)
+        return f"result {name}", f"event {name}"
+    return apply
+
+
+def start(group: GroupCommit, name: str, outcomes: dict[str, Any], published: list[str],
+          fail: type[BaseException] | None = None) -> threading.Thread:
+    def run() -> None:
+        try:
+            outcomes[name] = group.run(writer(name, fail), published.append)
+        except BaseException as exc:  # noqa: BLE001 - recorded for the test
+            outcomes[name] = exc
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def queue_behind_a_commit(db: FakeDatabase, group: GroupCommit, names: list[str], outcomes: dict[str, Any],
+                          published: list[str], fails: dict[str, type[BaseException]] | None = None) -> None:
+    """Write "first", hold its commit, queue names meanwhile, then let everything commit."""
+    db.hold.clear()
+    threads = [start(group, "first", outcomes, published)]
+    wait_for(db.in_commit.is_set, 5, "the first commit to start")
+    for queued, name in enumerate(names, start=1):
+        threads.append(start(group, name, outcomes, published, (fails or {}).get(name)))
+        wait_for(lambda n=queued: len(group._queue) == n, 5, f"{name} to queue")
+    db.hold.set()
+    for thread in threads:
+        thread.join(10)
+
+
+def test_writes_that_queue_during_a_commit_share_the_next_transaction():
+    db = FakeDatabase()
+    group = GroupCommit(threading.Lock(), db.transaction)
+    outcomes: dict[str, Any] = {}
+    published: list[str] = []
+    queue_behind_a_commit(db, group, ["a", "b", "c", "d"], outcomes, published)
+    assert db.committed == [["first"], ["a", "b", "c", "d"]]
+    assert published == ["event first", "event a", "event b", "event c", "event d"]
+    assert outcomes == {name: f"result {name}" for name in ("first", "a", "b", "c", "d")}
+
+
+def test_a_group_holds_at_most_max_group_writes_in_order():
+    db = FakeDatabase()
+    group = GroupCommit(threading.Lock(), db.transaction, max_group=2)
+    outcomes: dict[str, Any] = {}
+    queue_behind_a_commit(db, group, ["a", "b", "c", "d", "e"], outcomes, [])
+    assert db.committed == [["first"], ["a", "b"], ["c", "d"], ["e"]]
+
+
+def test_a_write_that_changed_nothing_leaves_its_group_alone():
+    db = FakeDatabase()
+    group = GroupCommit(threading.Lock(), db.transaction, tolerated=(Missing,))
+    outcomes: dict[str, Any] = {}
+    published: list[str] = []
+    queue_behind_a_commit(db, group, ["a", "gone", "b"], outcomes, published, {"gone": Missing})
+    assert db.committed == [["first"], ["a", "b"]]
+    assert isinstance(outcomes["gone"], Missing)
+    assert published == ["event first", "event a", "event b"]
+
+
+def test_any_other_failure_rolls_the_group_back_and_runs_each_write_alone():
+    db = FakeDatabase()
+    group = GroupCommit(threading.Lock(), db.transaction, tolerated=(Missing,))
+    outcomes: dict[str, Any] = {}
+    published: list[str] = []
+    queue_behind_a_commit(db, group, ["a", "bad", "b"], outcomes, published, {"bad": ValueError})
+    assert db.rolled_back[0] == ["a"]  # the group, up to the failing write
+    assert db.committed == [["first"], ["a"], ["b"]]
+    assert isinstance(outcomes["bad"], ValueError)
+    assert (outcomes["a"], outcomes["b"]) == ("result a", "result b")
+    assert published == ["event first", "event a", "event b"]
+
+
+def test_a_failed_commit_is_retried_write_by_write_and_nobody_hears_success_before_theirs():
+    db = FakeDatabase()
+    group = GroupCommit(threading.Lock(), db.transaction)
+    outcomes: dict[str, Any] = {}
+    published: list[str] = []
+    db.fail_commits = 3  # "first", then the group of a and b, then "a" alone
+    queue_behind_a_commit(db, group, ["a", "b"], outcomes, published)
+    assert isinstance(outcomes["first"], OSError)
+    assert isinstance(outcomes["a"], OSError)
+    assert outcomes["b"] == "result b"
+    assert db.committed == [["b"]]
+    assert db.rolled_back == [["first"], ["a", "b"], ["a"]]
+    assert published == ["event b"]
+
+
+def test_a_failing_after_commit_is_its_own_writers_error():
+    db = FakeDatabase()
+    group = GroupCommit(threading.Lock(), db.transaction)
+    outcomes: dict[str, Any] = {}
+    published: list[str] = []
+
+    def after_commit(event: str) -> None:
+        if event == "event a":
+            raise RuntimeError("the broker is down")
+        published.append(event)
+
+    db.hold.clear()
+    threads = [threading.Thread(target=lambda n=n: outcomes.__setitem__(n, _run(group, n, after_commit)))
+               for n in ("first", "a", "b")]
+    threads[0].start()
+    wait_for(db.in_commit.is_set, 5, "the first commit to start")
+    for count, thread in enumerate(threads[1:], start=1):
+        thread.start()
+        wait_for(lambda c=count: len(group._queue) == c, 5, "the writer to queue")
+    db.hold.set()
+    for thread in threads:
+        thread.join(10)
+    assert db.committed == [["first"], ["a", "b"]]
+    assert isinstance(outcomes["a"], RuntimeError)
+    assert outcomes["b"] == "result b"
+    assert published == ["event first", "event b"]
+
+
+def _run(group: GroupCommit, name: str, after_commit: Any) -> Any:
+    try:
+        return group.run(writer(name), after_commit)
+    except Exception as exc:  # noqa: BLE001 - recorded for the test
+        return exc
+
+
+def test_concurrent_writers_on_the_store_commit_in_groups_with_every_event_in_order(store: Store):
+    """On PostgreSQL writers share commits; on SQLite each commits alone. Either way nothing is lost or reordered."""
+    transactions = []
+    real = store._group._transaction
+
+    @contextmanager
+    def counted() -> Iterator[Any]:
+        with real() as sql:
+            yield sql
+        transactions.append(1)
+
+    store._group._transaction = counted
+    published: list[int] = []
+    errors: list[BaseException] = []
+
+    def write(worker: int) -> None:
+        try:
+            for n in range(20):
+                store.change_task(f"w{worker}-{n % 3}", {"user_email": "a@example.com", "title": str(n)},
+                                  mode="upsert", outbox=LOG_ONLY, after_commit=lambda e: published.append(e.id))
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    assert published == list(range(1, 16 * 20 + 1))  # every event, handed on in id order
+    if store.is_sqlite:
+        assert len(transactions) == 16 * 20
+    else:
+        assert len(transactions) < 16 * 20 * 0.8, f"{len(transactions)} commits for {16 * 20} writes"
+    print(f"{len(transactions)} commits for {16 * 20} writes")
+
+
+def test_a_missing_task_fails_alone(store: Store):
+    with pytest.raises(LookupError):
+        store.change_task("nope", {"title": "x"}, mode="patch", outbox=LOG_ONLY, after_commit=lambda e: None)
+    _, event, _ = store.change_task("yes", {"user_email": "a@example.com"}, mode="upsert", outbox=LOG_ONLY,
+                                    after_commit=lambda e: None)
+    assert event.id == 1
+
+
+def test_a_leader_killed_before_its_turn_hands_the_lead_on():
+    db = FakeDatabase()
+    lock = threading.Lock()
+    group = GroupCommit(lock, db.transaction)
+    outcomes: dict[str, Any] = {}
+    lock.acquire()  # a worker's claim holds the write lock
+
+    class Killed(BaseException):
+        pass
+
+    real_lock = group._lock
+
+    class KilledWhileWaiting:
+        def __enter__(self) -> None:
+            raise Killed()
+
+        def __exit__(self, *exc: Any) -> None:
+            pass
+
+    group._lock = KilledWhileWaiting()
+    with pytest.raises(Killed):
+        group.run(writer("killed"), lambda e: None)
+    group._lock = real_lock
+    lock.release()
+    thread = start(group, "next", outcomes, [])
+    thread.join(10)
+    assert outcomes == {"next": "result next"}
+    assert db.committed == [["next"]]
