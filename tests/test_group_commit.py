@@ -176,43 +176,6 @@ def _run(group: GroupCommit, name: str, after_commit: Any) -> Any:
         return exc
 
 
-def test_concurrent_writers_on_the_store_commit_in_groups_with_every_event_in_order(store: Store):
-    """On PostgreSQL writers share commits; on SQLite each commits alone. Either way nothing is lost or reordered."""
-    transactions = []
-    real = store._group._transaction
-
-    @contextmanager
-    def counted() -> Iterator[Any]:
-        with real() as sql:
-            yield sql
-        transactions.append(1)
-
-    store._group._transaction = counted
-    published: list[int] = []
-    errors: list[BaseException] = []
-
-    def write(worker: int) -> None:
-        try:
-            for n in range(20):
-                store.change_task(f"w{worker}-{n % 3}", {"user_email": "a@example.com", "title": str(n)},
-                                  mode="upsert", outbox=LOG_ONLY, after_commit=lambda e: published.append(e.id))
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
-
-    threads = [threading.Thread(target=write, args=(w,)) for w in range(16)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert errors == []
-    assert published == list(range(1, 16 * 20 + 1))  # every event, handed on in id order
-    if store.is_sqlite:
-        assert len(transactions) == 16 * 20
-    else:
-        assert len(transactions) < 16 * 20 * 0.8, f"{len(transactions)} commits for {16 * 20} writes"
-    print(f"{len(transactions)} commits for {16 * 20} writes")
-
-
 def test_a_missing_task_fails_alone(store: Store):
     with pytest.raises(LookupError):
         store.change_task("nope", {"title": "x"}, mode="patch", outbox=LOG_ONLY, after_commit=lambda e: None)
