@@ -29,10 +29,13 @@ def as_str(value: str) -> str:
     return value
 
 
+SQLITE_SYNCHRONOUS_LEVELS = ("NORMAL", "FULL")
+
+
 def as_sqlite_synchronous(value: str) -> str:
     """SQLite's synchronous setting for the embedded database: NORMAL or FULL."""
     level = value.strip().upper()
-    if level not in ("NORMAL", "FULL"):
+    if level not in SQLITE_SYNCHRONOUS_LEVELS:
         raise ValueError("expected NORMAL or FULL")
     return level
 

@@ -50,6 +50,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from broker import Event
 from checkpoints import Checkpointer
+from config import SQLITE_SYNCHRONOUS_LEVELS
 from group_commit import GroupCommit
 
 
@@ -583,7 +584,7 @@ def normalize_url(url: str) -> str:
 
 
 def _create_engine(url: str, sqlite_synchronous: str = "NORMAL") -> Engine:
-    if sqlite_synchronous not in ("NORMAL", "FULL"):
+    if sqlite_synchronous not in SQLITE_SYNCHRONOUS_LEVELS:
         raise ValueError(f"sqlite_synchronous must be NORMAL or FULL, not {sqlite_synchronous!r}")
     if not url.startswith("sqlite"):
         return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=30, pool_timeout=30)

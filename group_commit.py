@@ -14,14 +14,11 @@ path 77 ms against 61 ms, measured) for no gain in throughput.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
-
-logger = logging.getLogger(__name__)
 
 T = TypeVar("T")  # what a transaction gives its writes (a DriverSQL)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -57,11 +57,11 @@ def writer(name: str, fail: type[BaseException] | None = None):
     return apply
 
 
-def start(group: GroupCommit, name: str, outcomes: dict[str, Any], published: list[str],
+def start(group: GroupCommit, name: str, outcomes: dict[str, Any], after_commit: Callable[[str], None],
           fail: type[BaseException] | None = None) -> threading.Thread:
     def run() -> None:
         try:
-            outcomes[name] = group.run(writer(name, fail), published.append)
+            outcomes[name] = group.run(writer(name, fail), after_commit)
         except BaseException as exc:  # noqa: BLE001 - recorded for the test
             outcomes[name] = exc
     thread = threading.Thread(target=run)
@@ -70,13 +70,14 @@ def start(group: GroupCommit, name: str, outcomes: dict[str, Any], published: li
 
 
 def queue_behind_a_commit(db: FakeDatabase, group: GroupCommit, names: list[str], outcomes: dict[str, Any],
-                          published: list[str], fails: dict[str, type[BaseException]] | None = None) -> None:
+                          after_commit: Callable[[str], None],
+                          fails: dict[str, type[BaseException]] | None = None) -> None:
     """Write "first", hold its commit, queue names meanwhile, then let everything commit."""
     db.hold.clear()
-    threads = [start(group, "first", outcomes, published)]
+    threads = [start(group, "first", outcomes, after_commit)]
     wait_for(db.in_commit.is_set, 5, "the first commit to start")
     for queued, name in enumerate(names, start=1):
-        threads.append(start(group, name, outcomes, published, (fails or {}).get(name)))
+        threads.append(start(group, name, outcomes, after_commit, (fails or {}).get(name)))
         wait_for(lambda n=queued: len(group._queue) == n, 5, f"{name} to queue")
     db.hold.set()
     for thread in threads:
@@ -88,7 +89,7 @@ def test_writes_that_queue_during_a_commit_share_the_next_transaction():
     group = GroupCommit(threading.Lock(), db.transaction)
     outcomes: dict[str, Any] = {}
     published: list[str] = []
-    queue_behind_a_commit(db, group, ["a", "b", "c", "d"], outcomes, published)
+    queue_behind_a_commit(db, group, ["a", "b", "c", "d"], outcomes, published.append)
     assert db.committed == [["first"], ["a", "b", "c", "d"]]
     assert published == ["event first", "event a", "event b", "event c", "event d"]
     assert outcomes == {name: f"result {name}" for name in ("first", "a", "b", "c", "d")}
@@ -98,7 +99,7 @@ def test_a_group_holds_at_most_max_group_writes_in_order():
     db = FakeDatabase()
     group = GroupCommit(threading.Lock(), db.transaction, max_group=2)
     outcomes: dict[str, Any] = {}
-    queue_behind_a_commit(db, group, ["a", "b", "c", "d", "e"], outcomes, [])
+    queue_behind_a_commit(db, group, ["a", "b", "c", "d", "e"], outcomes, lambda event: None)
     assert db.committed == [["first"], ["a", "b"], ["c", "d"], ["e"]]
 
 
@@ -107,7 +108,7 @@ def test_a_write_that_changed_nothing_leaves_its_group_alone():
     group = GroupCommit(threading.Lock(), db.transaction, tolerated=(Missing,))
     outcomes: dict[str, Any] = {}
     published: list[str] = []
-    queue_behind_a_commit(db, group, ["a", "gone", "b"], outcomes, published, {"gone": Missing})
+    queue_behind_a_commit(db, group, ["a", "gone", "b"], outcomes, published.append, {"gone": Missing})
     assert db.committed == [["first"], ["a", "b"]]
     assert isinstance(outcomes["gone"], Missing)
     assert published == ["event first", "event a", "event b"]
@@ -118,7 +119,7 @@ def test_any_other_failure_rolls_the_group_back_and_runs_each_write_alone():
     group = GroupCommit(threading.Lock(), db.transaction, tolerated=(Missing,))
     outcomes: dict[str, Any] = {}
     published: list[str] = []
-    queue_behind_a_commit(db, group, ["a", "bad", "b"], outcomes, published, {"bad": ValueError})
+    queue_behind_a_commit(db, group, ["a", "bad", "b"], outcomes, published.append, {"bad": ValueError})
     assert db.rolled_back[0] == ["a"]  # the group, up to the failing write
     assert db.committed == [["first"], ["a"], ["b"]]
     assert isinstance(outcomes["bad"], ValueError)
@@ -132,7 +133,7 @@ def test_a_failed_commit_is_retried_write_by_write_and_nobody_hears_success_befo
     outcomes: dict[str, Any] = {}
     published: list[str] = []
     db.fail_commits = 3  # "first", then the group of a and b, then "a" alone
-    queue_behind_a_commit(db, group, ["a", "b"], outcomes, published)
+    queue_behind_a_commit(db, group, ["a", "b"], outcomes, published.append)
     assert isinstance(outcomes["first"], OSError)
     assert isinstance(outcomes["a"], OSError)
     assert outcomes["b"] == "result b"
@@ -152,28 +153,11 @@ def test_a_failing_after_commit_is_its_own_writers_error():
             raise RuntimeError("the broker is down")
         published.append(event)
 
-    db.hold.clear()
-    threads = [threading.Thread(target=lambda n=n: outcomes.__setitem__(n, _run(group, n, after_commit)))
-               for n in ("first", "a", "b")]
-    threads[0].start()
-    wait_for(db.in_commit.is_set, 5, "the first commit to start")
-    for count, thread in enumerate(threads[1:], start=1):
-        thread.start()
-        wait_for(lambda c=count: len(group._queue) == c, 5, "the writer to queue")
-    db.hold.set()
-    for thread in threads:
-        thread.join(10)
+    queue_behind_a_commit(db, group, ["a", "b"], outcomes, after_commit)
     assert db.committed == [["first"], ["a", "b"]]
     assert isinstance(outcomes["a"], RuntimeError)
     assert outcomes["b"] == "result b"
     assert published == ["event first", "event b"]
-
-
-def _run(group: GroupCommit, name: str, after_commit: Any) -> Any:
-    try:
-        return group.run(writer(name), after_commit)
-    except Exception as exc:  # noqa: BLE001 - recorded for the test
-        return exc
 
 
 def test_a_missing_task_fails_alone(store: Store):
@@ -208,7 +192,7 @@ def test_a_leader_killed_before_its_turn_hands_the_lead_on():
         group.run(writer("killed"), lambda e: None)
     group._lock = real_lock
     lock.release()
-    thread = start(group, "next", outcomes, [])
+    thread = start(group, "next", outcomes, lambda event: None)
     thread.join(10)
     assert outcomes == {"next": "result next"}
     assert db.committed == [["next"]]
