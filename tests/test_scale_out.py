@@ -275,3 +275,30 @@ def test_a_worker_process_serves_its_own_metrics(start_server, start_worker, smt
 
     wait_for(lambda: sent() == 3, 10, "three deliveries in the worker's metrics")
     assert worker.stop() == 0
+
+
+def test_an_emit_from_another_program_reaches_the_clients_of_every_process(start_server, redis_server, tmp_path):
+    """docs/deployment.md: Socket.IO's own queue is on Redis, channel <REDIS_CHANNEL>-socketio."""
+    from flask_socketio import SocketIO
+
+    from support import SocketIOClient
+
+    env = {"REDIS_URL": redis_server.url, "REDIS_CHANNEL": "deploy", "NOTIFY_WORKERS": "0"}
+    servers = [start_server(**env), start_server(**env)]
+    notices: list[list[dict[str, Any]]] = [[], []]
+    clients = []
+    for server, received in zip(servers, notices, strict=True):
+        client = SocketIOClient(server.url, auth={"token": server.token})
+        client.client.on("notice", received.append)
+        clients.append(client.connect())
+    outside = SocketIO(message_queue=redis_server.url, channel="deploy-socketio", async_mode="threading")
+
+    def emitted_to_both() -> bool:
+        if not all(notices):
+            outside.emit("notice", {"from": "outside"})  # again until both processes listen
+        return all(notices)
+
+    wait_for(emitted_to_both, 20, "the outside emit on both processes")
+    assert notices[0][0] == notices[1][0] == {"from": "outside"}
+    for client in clients:
+        client.close()
