@@ -167,7 +167,10 @@ def smtp_failure(exc: smtplib.SMTPException | OSError, address: str) -> Delivery
 
 
 class EmailChannel:
-    """Sends each notification as an email (text and HTML) over SMTP."""
+    """Sends each notification as an email (text and HTML) over SMTP.
+
+    The recipient is the task's user_email as stored: its canonical form (lowercased).
+    """
 
     name = "email"
 

@@ -281,3 +281,11 @@ def test_a_webhook_refusal_is_dead_at_once_and_throttling_is_retried(start_serve
         assert sent["attempts"] == 3 and receiver.count() == 4
     finally:
         receiver.stop()
+
+
+def test_mail_goes_to_the_canonical_form_of_the_address(live_server, smtp):
+    assert live_server.post("/update_task", {"task_id": "c1", "user_email": "Test@EXAMPLE.com"}).status_code == 200
+    wait_for(lambda: smtp.handler.count() == 1, 10, "the email")
+    assert smtp.handler.recipients == [["test@example.com"]]
+    assert smtp.handler.messages[0]["To"] == "test@example.com"
+    assert notifications(live_server)[0]["recipient"] == "test@example.com"
