@@ -3,6 +3,8 @@
 Tokens are JWTs signed with HS256 and SECRET_KEY, with the claims `sub` (the
 user's email), `scope` (space-separated scopes) and `exp`. A reader sees only
 the tasks and events whose user_email is its `sub`, unless it has `admin`.
+Emails are compared in their canonical form (schemas.canonical_email): a
+token for alice@example.com is the user of ALICE@EXAMPLE.COM's tasks.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import jwt
 from flask import Flask, current_app, g, request
 
 from errors import APIError
+from schemas import canonical_email
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +34,7 @@ ALGORITHM = "HS256"
 
 @dataclass(frozen=True)
 class Viewer:
-    """A reader: its email (None when auth is off), its scopes, and when its token expires."""
+    """A reader: its email in canonical form (None when auth is off), its scopes, and when its token expires."""
 
     email: str | None
     scopes: frozenset[str] = frozenset()
@@ -63,8 +66,9 @@ class TokenError(Exception):
 
 
 def issue_token(secret: str, user: str, scopes: Iterable[str], expires_in: int = 3600) -> str:
+    """A token for the email user (stored in `sub` in canonical form); ValueError when user is not an email."""
     now = int(time.time())
-    claims = {"sub": user, "scope": " ".join(scopes), "iat": now, "exp": now + expires_in}
+    claims = {"sub": canonical_email(user), "scope": " ".join(scopes), "iat": now, "exp": now + expires_in}
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
@@ -90,7 +94,17 @@ def _verified(secret: str, token: str) -> Viewer:
         raise TokenError("invalid token: sub and scope must be strings")
     if not isinstance(expires, int | float):
         raise TokenError("invalid token: exp must be a number")
-    return Viewer(email=sub, scopes=frozenset(scope.split()), expires_at=float(expires))
+    return Viewer(email=_user(sub), scopes=frozenset(scope.split()), expires_at=float(expires))
+
+
+def _user(sub: str) -> str:
+    """The user a token's sub names: its canonical email, or the sub lowercased when it is no email."""
+    try:
+        return canonical_email(sub)
+    except ValueError:
+        # Tokens made before `token create` checked --user: such a reader owns no task
+        # (every stored user_email is an email), and an admin one keeps working.
+        return sub.lower()
 
 
 def viewer_for_token(token: str | None) -> Viewer:
@@ -187,14 +201,18 @@ def token_cli() -> None:
 
 
 @token_cli.command("create")
-@click.option("--user", required=True, help="The user's email: the token's sub.")
+@click.option("--user", required=True, help="The user's email: the token's sub (lowercased).")
 @click.option("--scope", "scopes", multiple=True, required=True, type=click.Choice(SCOPES),
               help="A scope to grant; repeat for several.")
 @click.option("--expires-in", default=3600, show_default=True, type=click.IntRange(min=1),
               help="Lifetime in seconds.")
 def create_token(user: str, scopes: tuple[str, ...], expires_in: int) -> None:
-    """Print a token for USER with the given scopes, and nothing else."""
-    click.echo(issue_token(current_app.config["SECRET_KEY"], user, scopes, expires_in))
+    """Print a token for USER (an email, kept in canonical form) with the given scopes, and nothing else."""
+    try:
+        token = issue_token(current_app.config["SECRET_KEY"], user, scopes, expires_in)
+    except ValueError as exc:
+        raise click.ClickException(f"--user {user!r}: {exc}") from None
+    click.echo(token)
 
 
 def init_app(app: Flask) -> None:

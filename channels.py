@@ -125,8 +125,52 @@ def build_email(delivery: Delivery, mail_from: str) -> Message:
     return multipart
 
 
+class SMTPSetupError(smtplib.SMTPException):
+    """The mail server lacks an extension the settings ask for (STARTTLS, AUTH): the same for every message."""
+
+
+def _text(reply: bytes | str) -> str:
+    return reply.decode(errors="replace") if isinstance(reply, bytes) else reply
+
+
+def _reply(exc: smtplib.SMTPResponseException) -> str:
+    return f"{exc.smtp_code} {_text(exc.smtp_error)}"
+
+
+def smtp_failure(exc: smtplib.SMTPException | OSError, address: str) -> DeliveryError:
+    """The DeliveryError for an SMTP failure in sending to address: permanent when this message can never pass.
+
+    Permanent: a 5xx reply to the recipients (all of them), the sender or the
+    message, and a server without an extension this message needs (SMTPUTF8 for
+    an internationalized address). Everything else (4xx replies, refused or lost
+    connections, timeouts, a failed login or STARTTLS) is retried: it concerns the
+    server or the settings, not this message, and may be over by the next attempt.
+    """
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        refusals = "; ".join(f"{to}: {code} {_text(reply)}" for to, (code, reply) in exc.recipients.items())
+        permanent = all(code >= 500 for code, _ in exc.recipients.values())
+        return DeliveryError(f"recipient refused: {refusals}", retryable=not permanent)
+    if isinstance(exc, smtplib.SMTPSenderRefused):
+        return DeliveryError(f"sender {exc.sender} refused: {_reply(exc)}", retryable=exc.smtp_code < 500)
+    if isinstance(exc, smtplib.SMTPDataError):
+        return DeliveryError(f"message refused: {_reply(exc)}", retryable=exc.smtp_code < 500)
+    if isinstance(exc, smtplib.SMTPNotSupportedError):
+        if not address.isascii():
+            return DeliveryError(f"the mail server does not support SMTPUTF8, which the address {address} needs",
+                                 retryable=False)
+        return DeliveryError(f"the mail server lacks an extension this message needs: {exc}", retryable=False)
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return DeliveryError(f"SMTP {_reply(exc)}")
+    if isinstance(exc, SMTPSetupError):
+        return DeliveryError(str(exc))
+    return DeliveryError(f"SMTP connection failed: {exc!r}")
+
+
 class EmailChannel:
-    """Sends each notification as an email (text and HTML) over SMTP."""
+    """Sends each notification as an email (text and HTML) over SMTP.
+
+    The recipient is the task's user_email as stored: its canonical form (lowercased).
+    """
 
     name = "email"
 
@@ -144,16 +188,11 @@ class EmailChannel:
         message = build_email(delivery, self.mail_from)
         try:
             self._send(message)
-        except smtplib.SMTPRecipientsRefused as exc:
-            code = min(code for code, _ in exc.recipients.values())
-            raise DeliveryError(f"recipient refused: {exc.recipients}", retryable=code < 500) from exc
-        except smtplib.SMTPResponseException as exc:
-            self._drop_connection()  # the session may be in any state after a refusal
-            reply = exc.smtp_error.decode(errors="replace") if isinstance(exc.smtp_error, bytes) else exc.smtp_error
-            raise DeliveryError(f"SMTP {exc.smtp_code}: {reply}", retryable=exc.smtp_code < 500) from exc
         except (smtplib.SMTPException, OSError) as exc:
-            self._drop_connection()
-            raise DeliveryError(f"SMTP connection failed: {exc!r}") from exc
+            if not isinstance(exc, smtplib.SMTPRecipientsRefused):  # after that one smtplib has reset the session
+                self._drop_connection()  # the session may be in any state
+            address = next((a for a in (delivery.recipient, self.mail_from) if not a.isascii()), delivery.recipient)
+            raise smtp_failure(exc, address) from exc
 
     def _send(self, message: Message) -> None:
         # Each worker thread keeps its connection open between messages, as a mail
@@ -176,6 +215,10 @@ class EmailChannel:
                 smtp.starttls(context=ssl.create_default_context())
             if self.username:
                 smtp.login(self.username, self.password or "")
+        except smtplib.SMTPNotSupportedError as exc:
+            smtp.close()
+            raise SMTPSetupError(f"the mail server does not offer what SMTP_STARTTLS or SMTP_USERNAME asks: {exc}") \
+                from exc
         except BaseException:
             smtp.close()
             raise

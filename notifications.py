@@ -252,6 +252,9 @@ class NotificationWorker:
                 self.observer.delivery(delivery.channel, "sent", (now - occurred).total_seconds())
 
     def _record_failure(self, delivery: Delivery, error: str, *, retryable: bool) -> None:
+        """Schedule the next attempt, or mark the row dead: at once when no attempt can succeed, else at the last."""
+        if not retryable:
+            error = f"permanent: {error}"
         if not retryable or delivery.attempt >= self.policy.max_attempts:
             self._finish([delivery], status="dead", last_error=error)
             if self.observer is not None:

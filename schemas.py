@@ -18,10 +18,20 @@ Description = Annotated[str, StringConstraints(max_length=10_000)]
 def _email(value: str) -> str:
     # pydantic's EmailStr check, remembered: it cost a twentieth of a write's time, and the
     # same addresses come back write after write. Refusals raise, so they are not kept.
-    return validate_email(value)[1]
+    return validate_email(value)[1].lower()
 
 
-# EmailStr, validated once per distinct address
+def canonical_email(value: str) -> str:
+    """The canonical form of an email address: email-validator's normalization, lowercased as a whole.
+
+    Two addresses are the same user when their canonical forms are equal; the
+    service stores, compares and sends mail to this form. Raises ValueError
+    (pydantic's "value is not a valid email address: ...") when value is not one.
+    """
+    return _email(value)
+
+
+# EmailStr in its canonical form, validated once per distinct address
 Email = Annotated[str, AfterValidator(_email), WithJsonSchema({"type": "string", "format": "email"})]
 
 

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -176,17 +177,41 @@ class LiveServer:
 
 
 class RecordingSMTPHandler:
-    """An aiosmtpd handler that records messages; it can be slow, refuse with 4xx, or hold DATA."""
+    """An aiosmtpd handler that records messages; it can be slow, refuse a recipient or DATA, or hold DATA."""
 
     def __init__(self) -> None:
         self.messages: list[EmailMessage] = []
         self.recipients: list[list[str]] = []
         self.delay = 0.0
         self.temporary_failures = 0  # answer 451 to this many DATA commands first
+        # RCPT TO replies to give an address, in order, before it is accepted (e.g. ["550 5.1.1 No such user"])
+        self.rcpt_replies: dict[str, list[str]] = {}
+        self.rcpt_attempts: Counter[str] = Counter()  # RCPT TO commands seen, per address
+        self.mail_replies: list[str] = []  # MAIL FROM replies to give, in order, before a sender is accepted
         self.gate = threading.Event()  # DATA waits for it (set: open)
         self.gate.set()
         self.data_started = 0
         self._lock = threading.Lock()
+
+    async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str,
+                          mail_options: list[str]) -> str:
+        with self._lock:
+            if self.mail_replies:
+                return self.mail_replies.pop(0)
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
+                          rcpt_options: list[str]) -> str:
+        with self._lock:
+            self.rcpt_attempts[address] += 1
+            replies = self.rcpt_replies.get(address)
+            if replies:
+                return replies.pop(0)
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         with self._lock:
@@ -210,15 +235,20 @@ class RecordingSMTPHandler:
 
 
 class SMTPServer:
-    """aiosmtpd on a fixed free port, which can be stopped (nothing listens) and started again."""
+    """aiosmtpd on a fixed free port, which can be stopped (nothing listens) and started again.
 
-    def __init__(self) -> None:
+    smtputf8=False makes a server that does not offer SMTPUTF8 (internationalized addresses).
+    """
+
+    def __init__(self, *, smtputf8: bool = True) -> None:
         self.handler = RecordingSMTPHandler()
         self.port = free_port()
+        self.smtputf8 = smtputf8
         self.controller: Controller | None = None
 
     def start(self) -> SMTPServer:
-        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port, enable_SMTPUTF8=True)
+        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port,
+                                     enable_SMTPUTF8=self.smtputf8)
         self.controller.start()
         return self
 

@@ -5,8 +5,16 @@ from __future__ import annotations
 import signal
 import statistics
 import time
+from collections.abc import Iterator
 
-from support import wait_for
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
+from test_webhook import SECRET as WEBHOOK_SECRET
+from test_webhook import Receiver
+
+from channels import Delivery, DeliveryError, EmailChannel
+from support import RecordingSMTPHandler, SMTPServer, free_port, wait_for
 
 ORIGINAL = {"task_id": "123", "user_email": "test@example.com"}
 
@@ -143,3 +151,141 @@ def test_accents_in_the_task_and_in_the_address_reach_the_mail(live_server, smtp
     assert accented["Subject"] == "Task e1 created: Réunion à 10 h"
     assert "café" in accented.get_body(("plain",)).get_content()
     assert "café" in accented.get_body(("html",)).get_content()
+
+
+# -- permanent and transient failures ---------------------------------------------------
+
+
+@pytest.fixture
+def ascii_only_smtp() -> Iterator[SMTPServer]:
+    """A mail server that does not offer SMTPUTF8, so it cannot take an internationalized address."""
+    server = SMTPServer(smtputf8=False).start()
+    yield server
+    server.stop()
+
+
+def test_an_address_the_mail_server_cannot_take_is_dead_after_one_attempt(start_server, ascii_only_smtp):
+    server = start_server(**ascii_only_smtp.env)
+    for task_id, address in (("intl-1", "jörg@example.com"), ("intl-2", "用户@例子.广告"),
+                             ("ascii", "test@example.com")):
+        assert server.post("/update_task", {"task_id": task_id, "user_email": address}).status_code == 200
+    wait_for(lambda: ascii_only_smtp.handler.count() == 1, 10, "the email to the ASCII address")
+    for task_id in ("intl-1", "intl-2"):
+        [note] = wait_for(lambda t=task_id: [n for n in notifications(server, task_id=t) if n["status"] == "dead"],
+                          20, f"{task_id}'s notification to be dead")
+        detail = server.get(f"/notifications/{note['id']}").json()
+        assert detail["status"] == "dead" and detail["attempts"] == 1, detail
+        assert detail["last_error"].startswith("permanent: "), detail
+        assert "SMTPUTF8" in detail["last_error"] and detail["recipient"] in detail["last_error"], detail
+    wait_for(lambda: notifications(server, task_id="ascii")[0]["status"] == "sent")
+
+
+def test_a_refused_recipient_is_dead_at_once_and_a_busy_one_is_retried(live_server, smtp):
+    smtp.handler.rcpt_replies = {"nobody@example.com": ["550 5.1.1 No such user"] * 10,
+                                 "busy@example.com": ["450 4.2.1 Mailbox busy, try later"] * 2}
+    live_server.post("/update_task", {"task_id": "nobody", "user_email": "nobody@example.com"})
+    live_server.post("/update_task", {"task_id": "busy", "user_email": "busy@example.com"})
+    [dead] = wait_for(lambda: [n for n in notifications(live_server, task_id="nobody") if n["status"] == "dead"],
+                      20, "the refused recipient's notification to be dead")
+    assert dead["attempts"] == 1 and smtp.handler.rcpt_attempts["nobody@example.com"] == 1
+    assert dead["last_error"].startswith("permanent: ") and "550 5.1.1 No such user" in dead["last_error"], dead
+    wait_for(lambda: notifications(live_server, task_id="busy")[0]["status"] == "sent", 20, "the busy one sent")
+    assert notifications(live_server, task_id="busy")[0]["attempts"] == 3
+    assert smtp.handler.recipients == [["busy@example.com"]]
+
+
+def channel_for(port: int, **settings) -> EmailChannel:
+    return EmailChannel({"SMTP_HOST": "127.0.0.1", "SMTP_PORT": port, "SMTP_USERNAME": None, "SMTP_PASSWORD": None,
+                         "SMTP_STARTTLS": False, "SMTP_TIMEOUT_SECONDS": 5.0, "MAIL_FROM": "tasks@notify.test",
+                         **settings})
+
+
+def delivery_to(recipient: str) -> Delivery:
+    task = {"task_id": "1", "user_email": recipient, "title": "", "description": "", "status": "open"}
+    return Delivery(notification_id=1, channel="email", recipient=recipient, attempt=1,
+                    event={"id": 1, "type": "task.created", "task_id": "1", "task": task,
+                           "occurred_at": "2026-11-29T03:00:00.000Z"})
+
+
+def failure(channel: EmailChannel, recipient: str = "test@example.com") -> DeliveryError:
+    with pytest.raises(DeliveryError) as caught:
+        channel.send(delivery_to(recipient))
+    return caught.value
+
+
+def test_smtp_refusals_of_the_message_are_permanent_and_4xx_transient(smtp):
+    channel = channel_for(smtp.port)
+    smtp.handler.rcpt_replies = {"gone@example.com": ["550 5.1.1 No such user"],
+                                 "later@example.com": ["452 4.2.2 Mailbox full"]}
+    assert not failure(channel, "gone@example.com").retryable
+    assert failure(channel, "later@example.com").retryable
+    smtp.handler.mail_replies = ["553 5.1.8 Sender address rejected"]
+    refused_sender = failure(channel)
+    assert not refused_sender.retryable and "553" in str(refused_sender)
+    smtp.handler.mail_replies = ["421 4.7.0 Try again later"]
+    assert failure(channel).retryable
+    smtp.handler.temporary_failures = 1  # DATA answered 451
+    assert failure(channel).retryable
+    channel.send(delivery_to("test@example.com"))  # the same channel, and its connection, still deliver
+    assert smtp.handler.recipients == [["test@example.com"]]
+
+
+def test_a_missing_smtputf8_is_permanent_for_the_address_that_needs_it(ascii_only_smtp):
+    channel = channel_for(ascii_only_smtp.port)
+    error = failure(channel, "jörg@example.com")
+    assert not error.retryable
+    assert str(error) == "the mail server does not support SMTPUTF8, which the address jörg@example.com needs"
+    channel.send(delivery_to("test@example.com"))
+    assert ascii_only_smtp.handler.count() == 1
+
+
+def test_problems_of_the_mail_server_setup_are_transient():
+    """Not this message's fault: once the setup is fixed, the retries deliver it."""
+    handler = RecordingSMTPHandler()
+
+    def authenticator(server, session, envelope, mechanism, auth_data) -> AuthResult:
+        return AuthResult(success=auth_data.password == b"right", handled=False)
+
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port, authenticator=authenticator,
+                            auth_require_tls=False)
+    controller.start()
+    try:
+        bad_password = failure(channel_for(port, SMTP_USERNAME="tasks", SMTP_PASSWORD="wrong"))
+        assert bad_password.retryable and "535" in str(bad_password)
+        no_starttls = failure(channel_for(port, SMTP_STARTTLS=True))
+        assert no_starttls.retryable and "STARTTLS" in str(no_starttls)
+        channel_for(port, SMTP_USERNAME="tasks", SMTP_PASSWORD="right").send(delivery_to("test@example.com"))
+        assert handler.count() == 1
+    finally:
+        controller.stop()
+    refused = failure(channel_for(port))  # nothing listens any more
+    assert refused.retryable and "SMTP connection failed" in str(refused)
+
+
+def test_a_webhook_refusal_is_dead_at_once_and_throttling_is_retried(start_server):
+    """Webhooks follow the same rule: a 4xx other than 408 and 429 will not change by itself."""
+    receiver = Receiver().start()
+    try:
+        server = start_server(WEBHOOK_URL=receiver.url, WEBHOOK_SECRET=WEBHOOK_SECRET)
+        receiver.statuses = [404]
+        server.post("/update_task", {"task_id": "gone", "user_email": "test@example.com"})
+        [dead] = wait_for(lambda: [n for n in notifications(server, task_id="gone")
+                                   if n["channel"] == "webhook" and n["status"] == "dead"], 20, "the 404 to be dead")
+        assert dead["attempts"] == 1 and receiver.count() == 1
+        assert dead["last_error"].startswith("permanent: webhook answered 404"), dead
+        receiver.statuses = [429, 408]
+        server.post("/update_task", {"task_id": "slow", "user_email": "test@example.com"})
+        [sent] = wait_for(lambda: [n for n in notifications(server, task_id="slow")
+                                   if n["channel"] == "webhook" and n["status"] == "sent"], 20, "the 429 then sent")
+        assert sent["attempts"] == 3 and receiver.count() == 4
+    finally:
+        receiver.stop()
+
+
+def test_mail_goes_to_the_canonical_form_of_the_address(live_server, smtp):
+    assert live_server.post("/update_task", {"task_id": "c1", "user_email": "Test@EXAMPLE.com"}).status_code == 200
+    wait_for(lambda: smtp.handler.count() == 1, 10, "the email")
+    assert smtp.handler.recipients == [["test@example.com"]]
+    assert smtp.handler.messages[0]["To"] == "test@example.com"
+    assert notifications(live_server)[0]["recipient"] == "test@example.com"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -188,3 +189,45 @@ def test_flask_db_upgrade_command_creates_the_tables(new_database: Callable[[], 
     assert migrate.current_revision(url) == migrate.head_revision()
     assert set(snapshot(url)) == TABLES
     assert model_differences(url) == []
+
+
+def test_old_mixed_case_addresses_are_lowercased(new_database: Callable[[], str]) -> None:
+    """Rows written before addresses were stored in canonical form are found by the canonical form afterwards."""
+    url = new_database()
+    migrate.upgrade(url, "0001")
+    store = db.Store(url)
+    outbox = db.Outbox((("email", None), ("log", "log")))
+    for task_id, address, key in (("t1", "Alice@Example.com", "k1"), ("t2", "alice@example.com", "k1"),
+                                  ("t3", "JÖRG@bücher.de", "k2"), ("t4", "bob@example.com", "k3")):
+        store.change_task(task_id, {"user_email": address}, mode="upsert", outbox=outbox,
+                          after_commit=lambda event: None,
+                          idempotency=db.Idempotency(owner=address, key=key, fingerprint=task_id))
+    store.change_task("t1", {"title": "again"}, mode="upsert", outbox=outbox, after_commit=lambda event: None)
+    engine = engine_for(url)
+    with engine.begin() as conn:  # one email already sent to the address as it was then
+        conn.execute(text("UPDATE notifications SET status = 'sent' WHERE id = 1"))
+
+    migrate.upgrade(url)
+
+    expected = {"t1": "alice@example.com", "t2": "alice@example.com", "t3": "jörg@bücher.de",
+                "t4": "bob@example.com"}
+    with engine.connect() as conn:
+        assert dict(conn.execute(text("SELECT task_id, user_email FROM tasks")).all()) == expected
+        events = conn.execute(text("SELECT task_id, user_email, payload FROM events ORDER BY id")).all()
+        assert len(events) == 5
+        for task_id, user_email, payload in events:
+            assert user_email == json.loads(payload)["task"]["user_email"] == expected[task_id]
+        notes = conn.execute(text("SELECT id, task_id, user_email, channel, recipient FROM notifications")).all()
+        assert {(n.task_id, n.user_email) for n in notes} == set(expected.items())
+        recipients = {n.id: n.recipient for n in notes if n.channel == "email"}
+        assert recipients == {1: "Alice@Example.com", 3: "alice@example.com", 5: "jörg@bücher.de",
+                              7: "bob@example.com", 9: "alice@example.com"}
+        assert {n.recipient for n in notes if n.channel == "log"} == {"log"}
+        keys = conn.execute(text('SELECT owner, "key" FROM idempotency_keys ORDER BY owner, "key"')).all()
+        assert [tuple(k) for k in keys] == [("alice@example.com", "k1"), ("bob@example.com", "k3"),
+                                            ("jörg@bücher.de", "k2")]
+    engine.dispose()
+    tasks, _ = store.list_tasks(user_email="alice@example.com", status=None, limit=10, after_row=0)
+    assert [t["task_id"] for t in tasks] == ["t1", "t2"]
+    assert [e.task_id for e in store.events_after(0, user_email="alice@example.com")] == ["t1", "t2", "t1"]
+    store.dispose()

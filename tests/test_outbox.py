@@ -95,6 +95,7 @@ def test_permanent_failure_is_dead_at_once_and_can_be_retried(store):
     worker.start()
     wait_for(lambda: notification(store).status == "dead")
     assert notification(store).attempts == 1
+    assert notification(store).last_error == "permanent: 550 no such user"
     assert retry_dead(store, 1)["status"] == "pending"
     worker.wake()
     wait_for(lambda: notification(store).status == "sent")

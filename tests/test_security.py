@@ -372,3 +372,93 @@ def test_writes_go_through_when_the_rate_limit_storage_is_down(start_server):
         assert server.post("/update_task", {"task_id": f"r{n}", "user_email": "alice@example.com"},
                            token=token).status_code == 200
     assert "rate-limit storage unavailable" in server.log()
+
+
+# -- email addresses are compared case-insensitively -------------------------------------
+
+
+def test_token_cli_refuses_a_user_that_is_not_an_email_and_keeps_the_canonical_form(tmp_path):
+    env = {**os.environ, "INSTANCE_PATH": str(tmp_path / "instance"), "SECRET_KEY": SECRET, "NOTIFY_WORKERS": "0"}
+
+    def create(user: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "flask", "--app", "app", "token", "create", "--user", user,
+                               "--scope", "tasks:read"], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=60)
+
+    refused = create("not an email")
+    assert refused.returncode in (1, 2) and refused.stdout == ""
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "not an email" in refused.stderr and "email address" in refused.stderr
+    accepted = create("Alice@EXAMPLE.com")
+    assert accepted.returncode == 0, accepted.stderr
+    assert jwt.decode(accepted.stdout.strip(), SECRET, algorithms=["HS256"])["sub"] == "alice@example.com"
+
+
+def test_one_user_whatever_the_case_of_the_address(api):
+    lower = bearer(make_token("alice@example.com", WRITE_READ_STREAM))
+    upper = bearer(make_token("ALICE@EXAMPLE.COM", WRITE_READ_STREAM))  # a token whose sub has another case
+    bob = bearer(make_token("bob@example.com", WRITE_READ_STREAM))
+    admin = bearer(make_token())
+    # each token writes a task of the other's spelling, and the other reads and changes it
+    written = api.post("/update_task", json={"task_id": "c1", "user_email": "ALICE@EXAMPLE.COM"}, headers=lower)
+    assert written.status_code == 200, written.get_json()
+    assert written.get_json()["task"]["user_email"] == "alice@example.com"
+    assert api.put("/tasks/c2", json={"user_email": "alice@example.com"}, headers=upper).status_code == 201
+    assert api.post("/update_task", json={"task_id": "c3", "user_email": "Alice@Example.Com"},
+                    headers=upper).status_code == 200
+    assert api.patch("/tasks/c1", json={"title": "by upper"}, headers=upper).status_code == 200
+    assert api.patch("/tasks/c2", json={"user_email": "aLiCe@example.com", "title": "by lower"},
+                     headers=lower).status_code == 200
+    assert api.get("/tasks/c2", headers=upper).get_json()["title"] == "by lower"
+    assert api.get("/tasks/c1", headers=lower).get_json()["title"] == "by upper"
+    for token in (lower, upper):
+        assert [t["task_id"] for t in api.get("/tasks", headers=token).get_json()["tasks"]] == ["c1", "c2", "c3"]
+        assert [t["task_id"] for t in api.get("/tasks?user_email=ALICE@example.COM",
+                                              headers=token).get_json()["tasks"]] == ["c1", "c2", "c3"]
+        assert len(api.get("/tasks/c1/events", headers=token).get_json()["events"]) == 2
+        notes = api.get("/notifications", headers=token).get_json()["notifications"]
+        assert {n["user_email"] for n in notes} == {"alice@example.com"} and len(notes) == 5
+        assert api.get(f"/notifications/{notes[0]['id']}", headers=token).status_code == 200
+    assert [t["task_id"] for t in api.get("/tasks?user_email=ALICE@EXAMPLE.COM",
+                                          headers=admin).get_json()["tasks"]] == ["c1", "c2", "c3"]
+    # another user still cannot, in any spelling
+    assert_error(api.post("/update_task", json={"task_id": "c1", "user_email": "BOB@example.com"}, headers=bob),
+                 404, "not_found")
+    assert_error(api.post("/update_task", json={"task_id": "c9", "user_email": "ALICE@example.com"}, headers=bob),
+                 403, "forbidden")
+    assert_error(api.get("/tasks/c1", headers=bob), 404, "not_found")
+    assert_error(api.delete("/tasks/c1", headers=bob), 404, "not_found")
+    assert api.get("/tasks?user_email=Alice@Example.com", headers=bob).get_json()["tasks"] == []
+    assert api.get("/notifications", headers=bob).get_json()["notifications"] == []
+    assert api.delete("/tasks/c3", headers=upper).status_code == 200
+
+
+def test_streams_deliver_across_the_case_of_the_address(live_server):
+    reader_lower = make_token("alice@example.com", WRITE_READ_STREAM)
+    reader_upper = make_token("ALICE@Example.COM", WRITE_READ_STREAM)
+    writer = make_token("Alice@example.com", WRITE_READ_STREAM)
+    bob = make_token("bob@example.com", WRITE_READ_STREAM)
+    sse = {"lower": live_server.sse(token=reader_lower), "upper": live_server.sse(token=reader_upper)}
+    sio = {"lower": live_server.socketio(token=reader_lower), "upper": live_server.socketio(token=reader_upper)}
+    subscribed = live_server.socketio(token=reader_upper)
+    assert subscribed.call("subscribe", {"task_id": "s1"})["ok"] is True
+    nosy_sse, nosy_sio = live_server.sse("/task_updates?task_id=s1", token=bob), live_server.socketio(token=bob)
+    ids = []
+    for task_id, address in (("s1", "ALICE@EXAMPLE.COM"), ("s2", "alice@example.com"), ("s1", "aLiCe@ExAmPlE.cOm")):
+        answer = live_server.post("/update_task", {"task_id": task_id, "user_email": address}, token=writer)
+        assert answer.status_code == 200, answer.text
+        ids.append(answer.json()["event_id"])
+    for client in (*sse.values(), *sio.values()):
+        client.wait_for_events(3)
+        assert client.ids == ids
+        assert {e["task"]["user_email"] for e in client.events} == {"alice@example.com"}
+    assert subscribed.wait_for_events(2) and subscribed.ids == [ids[0], ids[2]]
+    replayed = live_server.socketio(auth={"last_event_id": 0}, token=reader_upper)
+    replayed_sse = live_server.sse("/task_updates?last_event_id=0", token=reader_lower)
+    assert replayed.wait_for_events(3) and replayed.ids == ids
+    assert replayed_sse.wait_for_events(3) and replayed_sse.ids == ids
+    assert nosy_sse.ids == [] and nosy_sio.ids == []
+    for client in (*sse.values(), nosy_sse, replayed_sse):
+        client.close()
+    for client in (*sio.values(), subscribed, nosy_sio, replayed):
+        client.close()
