@@ -21,6 +21,7 @@ import numpy as np
 import requests
 
 from bench.sink import free_port
+from config import SETTINGS  # the service's settings table (config.py imports nothing of the app)
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -33,13 +34,9 @@ TRANSPORTS = ("sse", "sio")
 TRANSPORT_NAMES = {"sse": "SSE", "sio": "Socket.IO"}
 SERVER_NAMES = {"ours": "ours (Flask + eventlet)", "ref": "reference (Node.js)"}
 
-# settings of the service that must not leak in from the caller's environment
-SERVICE_SETTINGS = (
-    "HOST PORT INSTANCE_PATH DATABASE_URL REDIS_URL SECRET_KEY SMTP_HOST SMTP_PORT SMTP_USERNAME SMTP_PASSWORD "
-    "SMTP_STARTTLS MAIL_FROM WEBHOOK_URL WEBHOOK_SECRET CORS_ORIGINS NOTIFY_WORKERS NOTIFY_MAX_ATTEMPTS "
-    "SSE_HEARTBEAT_SECONDS STREAM_QUEUE_SIZE MAX_CONNECTIONS AUTH_DISABLED RATE_LIMIT_WRITES RATE_LIMIT_STORAGE_URI "
-    "MAX_STREAMS_PER_USER LOG_LEVEL ASYNC_MODE DIRECT_WRITES"
-).split()
+# The settings of our server must not leak in from the caller's environment: every name of the
+# service's settings table, and ASYNC_MODE, which app.py reads before the table.
+SERVICE_SETTINGS = (*SETTINGS, "ASYNC_MODE")
 
 
 def log(message: str) -> None:
