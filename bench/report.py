@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,9 @@ from typing import Any
 import numpy as np
 
 from bench.common import NODE, ROOT, SERVER_NAMES, TRANSPORT_NAMES, TRANSPORTS
+
+DOCS = ROOT / "docs"
+PUBLISHED = DOCS / "benchmarks"  # what docs/benchmarks.md shows or is made from; bench/results is not in git
 
 
 def machine() -> dict[str, Any]:
@@ -38,7 +42,7 @@ def source_tree() -> dict[str, Any]:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.rstrip("\n")
 
     changed = [line[3:] for line in git("status", "--porcelain").splitlines()
-               if not line[3:].startswith(("bench/", "docs/benchmarks.md"))]
+               if not line[3:].startswith(("bench/", "docs/benchmarks"))]
     return {"commit": git("rev-parse", "--short", "HEAD"), "uncommitted": changed}
 
 
@@ -298,16 +302,33 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
     return made
 
 
+def publish(out: Path, plots: list[Path]) -> list[Path]:
+    """Copy the run's figures, plots and flame graph to docs/benchmarks/ (only them); return the copies."""
+    wanted = [out / "results.json", *plots, out / "fanout-flame.svg", out / "fanout-top.txt"]
+    PUBLISHED.mkdir(exist_ok=True)
+    names = {file.name for file in wanted if file.exists()}
+    for old in PUBLISHED.iterdir():
+        if old.name not in names:
+            old.unlink()
+    for file in wanted:
+        if file.exists() and file.resolve() != (PUBLISHED / file.name).resolve():
+            shutil.copyfile(file, PUBLISHED / file.name)
+    return [PUBLISHED / name for name in sorted(names)]
+
+
 def write_docs(results: dict[str, Any], out: Path, plots: list[Path], command: str) -> None:
-    rel = [os.path.relpath(p, ROOT / "docs") for p in plots]
+    publish(out, plots)
+    rel = [os.path.relpath(PUBLISHED / p.name, DOCS) for p in plots]
     m = results["machine"]
-    flame = out / "fanout-flame.svg"
-    top = out / "fanout-top.txt"
+    flame = PUBLISHED / "fanout-flame.svg"
+    top = PUBLISHED / "fanout-top.txt"
+    data = os.path.relpath(PUBLISHED / "results.json", DOCS)
     text = [
         "# Benchmarks",
         "",
-        "Written by `bench/run` from its latest full run; the raw figures, logs and plots of every run are in",
-        f"[`{os.path.relpath(out, ROOT)}`](../{os.path.relpath(out, ROOT)}).",
+        "Written by `bench/run` from its latest full run. The figures of that run are in",
+        f"[`{data}`]({data}), and `bench/run --report {os.path.relpath(PUBLISHED, ROOT)}` rewrites this page from",
+        "them. Every run writes its figures, logs and plots to `bench/results/<timestamp>/`, which git does not keep.",
         "Every figure stands beside a reference measured in the same run on the same machine, and the targets",
         "of issue 6 are ratios to it: the machine is shared and noisy, so absolute figures drift between runs.",
         "",
@@ -340,7 +361,7 @@ def write_docs(results: dict[str, Any], out: Path, plots: list[Path], command: s
         "",
         *(["What was changed to get to these figures, what each change bought, and what the profiles say stands",
            "between us and the targets still missed: [performance.md](performance.md).", ""]
-          if (ROOT / "docs" / "performance.md").exists() else []),
+          if (DOCS / "performance.md").exists() else []),
         f"## Latest run: {results['started']}",
         "",
         f"Command: `{command}`",
@@ -357,7 +378,7 @@ def write_docs(results: dict[str, Any], out: Path, plots: list[Path], command: s
     ]
     if flame.exists():
         text += ["## Profile of our server under the 500 + 500 fan-out", "",
-                 f"py-spy flame graph, 20 s: [`{os.path.relpath(flame, ROOT)}`](../{os.path.relpath(flame, ROOT)})",
+                 f"py-spy flame graph, 20 s: [`{os.path.relpath(flame, DOCS)}`]({os.path.relpath(flame, DOCS)})",
                  "(recorded in a separate, unmeasured run of the same load, so that sampling does not skew the",
                  "figures above)."]
         if top.exists():
@@ -367,7 +388,7 @@ def write_docs(results: dict[str, Any], out: Path, plots: list[Path], command: s
     text += ["## Reading the figures", "", *[f"- {n}" for n in READING], ""]
     if results.get("notes"):
         text += ["## Notes on this run", "", *[f"- {n}" for n in results["notes"]], ""]
-    (ROOT / "docs" / "benchmarks.md").write_text("\n".join(text))
+    (DOCS / "benchmarks.md").write_text("\n".join(text))
 
 
 READING = [

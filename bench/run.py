@@ -9,7 +9,8 @@ Everything is started here and stopped at the end: our server (`python app.py`, 
 port, a temporary database), the reference server (`node bench/reference/server.js`), an SMTP
 sink (aiosmtpd, own process, fast or 2 s per message) and the load clients (Node.js processes,
 bench/clients/load.js). Results: bench/results/<timestamp>/ (results.json, results.md, PNG plots,
-logs); the latest full run also goes to docs/benchmarks.md.
+logs; not in git); the latest full run also goes to docs/benchmarks.md, its results.json, plots and
+flame graph to docs/benchmarks/.
 """
 
 from __future__ import annotations
