@@ -1,1 +1,6 @@
-"""The benchmark suite of issue 6: `bench/run` (or `.venv/bin/python -m bench`); see bench/run.py."""
+"""The benchmark suite of issue 6: `bench/run` (or `.venv/bin/python -m bench`); see bench/run.py.
+
+run.py: options and main; common.py: the run, the servers, the load clients, helpers; one module per
+scenario (write.py, fanout.py for fan-out to all and per user, memory.py, backlog.py for replay and
+delivery); report.py: targets, tables, plots, docs/benchmarks.md; sink.py: the SMTP sink.
+"""
