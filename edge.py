@@ -89,9 +89,13 @@ class AllowedHosts:
     orchestrators and Prometheus call by the machine's address.
     """
 
+    MAX_REMEMBERED = 1024
+
     def __init__(self, wsgi_app: Any, allowed: Iterable[str]) -> None:
         self.wsgi_app = wsgi_app
         self.patterns = [HostPattern.parse(entry) for entry in allowed]
+        # (Host header, scheme) pairs found allowed: a set look-up instead of matching (7 us) each time.
+        self._allowed: set[tuple[str, str]] = set()
 
     def allows(self, host: str, scheme: str = "http") -> bool:
         try:
@@ -103,7 +107,14 @@ class AllowedHosts:
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         host = environ.get("HTTP_HOST")
-        if not host or environ.get("PATH_INFO") in PROBES or self.allows(host, environ.get("wsgi.url_scheme", "http")):
+        if not host or environ.get("PATH_INFO") in PROBES:
+            return self.wsgi_app(environ, start_response)
+        key = (host, environ.get("wsgi.url_scheme", "http"))
+        if key in self._allowed:
+            return self.wsgi_app(environ, start_response)
+        if self.allows(*key):
+            if len(self._allowed) < self.MAX_REMEMBERED:
+                self._allowed.add(key)
             return self.wsgi_app(environ, start_response)
         logger.info("refused a request for host %r (ALLOWED_HOSTS)", host[:255])
         return error_response(start_response, 400, "bad_host",
