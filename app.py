@@ -33,6 +33,7 @@ from flask_cors import CORS
 
 import auth
 import db
+import edge
 import errors
 import heap
 import metrics
@@ -94,6 +95,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     observer.init_app(app, stream_counts=lambda: hub.counts, outbox_counts=lambda: metrics.outbox_counts(store))
     app.cli.add_command(notifications.worker_command)
     app.cli.add_command(migrate.db_cli)
+    edge.init_app(app)  # outermost: proxy headers, allowed hosts and request bodies, for every path
     return app
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -40,6 +42,57 @@ def as_sqlite_synchronous(value: str) -> str:
     return level
 
 
+_HOST_NAME = re.compile(r"^[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*$")
+_HOST_PATTERN = re.compile(r"^(?P<name>\[[0-9a-f:.]+\]|[^:\[\]]+)(:(?P<port>[0-9]{1,5}))?$")
+
+
+def split_host(value: str) -> tuple[str, int | None]:
+    """A Host header's name (lower case, no trailing dot; IPv6 in brackets) and port; ValueError when not one."""
+    match = _HOST_PATTERN.match(value.strip().lower())
+    if match is None:
+        raise ValueError(f"not a host name: {value!r}")
+    name, port = match["name"].rstrip("."), match["port"]
+    if not name.startswith("[") and not _HOST_NAME.match(name):
+        raise ValueError(f"not a host name: {value!r}")
+    if port is not None and not 0 < int(port) < 65536:
+        raise ValueError(f"not a port: {port!r}")
+    return name, None if port is None else int(port)
+
+
+def as_allowed_hosts(value: str) -> list[str]:
+    """Host names the server answers for: `name`, `name:port`, `.domain` or `*.domain` (its subdomains), `*`."""
+    hosts = []
+    for item in as_list(value.lower()):
+        if item != "*":
+            split_host(item[2:] if item.startswith("*.") else item[1:] if item.startswith(".") else item)
+        hosts.append(item)
+    return hosts
+
+
+@dataclass(frozen=True)
+class ProxyTrust:
+    """How many values of each X-Forwarded-* header the proxies in front of the server add (0: none trusted)."""
+
+    x_for: int = 0
+    x_proto: int = 0
+    x_host: int = 0
+
+
+def as_trusted_proxies(value: str) -> ProxyTrust:
+    """`N` (N proxies set every X-Forwarded-* header) or `for=N,proto=N,host=N` (missing ones are 0)."""
+    value = value.strip()
+    if value.isdigit():
+        count = int(value)
+        return ProxyTrust(count, count, count)
+    counts = {}
+    for item in as_list(value):
+        name, _, number = item.partition("=")
+        if name.strip() not in ("for", "proto", "host") or not number.strip().isdigit():
+            raise ValueError("expected a number, or for=N,proto=N,host=N")
+        counts[f"x_{name.strip()}"] = int(number)
+    return ProxyTrust(**counts)
+
+
 # name -> (default, parser). Every name here is an environment variable of the same
 # name and is documented in the README's settings table.
 SETTINGS: dict[str, tuple[Any, Callable[[str], Any]]] = {
@@ -61,6 +114,9 @@ SETTINGS: dict[str, tuple[Any, Callable[[str], Any]]] = {
     "WEBHOOK_URL": (None, as_str),
     "WEBHOOK_SECRET": (None, as_str),
     "WEBHOOK_TIMEOUT_SECONDS": (10.0, as_float),
+    # None: any host with auth on; with AUTH_DISABLED, localhost's names and HOST (against DNS rebinding).
+    "ALLOWED_HOSTS": (None, as_allowed_hosts),
+    "TRUSTED_PROXIES": (ProxyTrust(), as_trusted_proxies),
     "CORS_ORIGINS": (["http://localhost:4200", "http://127.0.0.1:4200"], as_list),
     "NOTIFY_WORKERS": (4, as_int),
     "NOTIFY_MAX_ATTEMPTS": (8, as_int),

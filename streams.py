@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from engineio import json as engineio_json
 from engineio.packet import MESSAGE as ENGINEIO_MESSAGE
 from engineio.packet import Packet as EngineIOPacket
 from flask import Blueprint, Flask, Response, current_app, request
@@ -419,6 +420,46 @@ class StreamHub:
         return {prefix + "all"}
 
 
+class MalformedPacket(ValueError):
+    """A Socket.IO packet whose JSON does not parse."""
+
+
+class _PacketJSON:
+    """Socket.IO's packet JSON (engineio.json), with a payload nested too deeply for the parser refused."""
+
+    dumps = staticmethod(engineio_json.dumps)
+
+    @staticmethod
+    def loads(text: str | bytes, **kwargs: Any) -> Any:
+        try:
+            return engineio_json.loads(text, **kwargs)
+        except ValueError as exc:
+            raise MalformedPacket(str(exc)) from None
+        except RecursionError:  # the parser recurses once per level of nesting
+            raise MalformedPacket("nested too deeply") from None
+
+
+def _close_on_malformed_packets(eio: Any) -> None:
+    """Close the connection of a client that sends a packet that does not parse.
+
+    Socket.IO would log the error with its traceback, drop the packet and keep
+    the connection, leaving a client that asked for an acknowledgement waiting.
+    """
+    handle = eio.handlers["message"]
+
+    def on_message(eio_sid: str, data: Any) -> Any:
+        try:
+            return handle(eio_sid, data)
+        except MalformedPacket as exc:
+            logger.info("closing Socket.IO connection %s: a packet that does not parse (%s)", eio_sid, exc)
+            eio_socket = eio.sockets.get(eio_sid)
+            if eio_socket is not None:  # without waiting for a polling client to fetch the close
+                eio_socket.close(wait=False, reason=eio.reason.SERVER_DISCONNECT)
+            return None
+
+    eio.on("message", on_message)
+
+
 class _StreamTransports:
     """WSGI middleware for the two stream transports; it wraps Flask-SocketIO's, which copies the environ.
 
@@ -464,7 +505,9 @@ def init_app(app: Flask, store: Store, broker: Broker) -> StreamHub:
         engineio_logger=False,
         ping_interval=app.config["SOCKETIO_PING_INTERVAL"],
         ping_timeout=app.config["SOCKETIO_PING_TIMEOUT"],
+        json=_PacketJSON,
     )
+    _close_on_malformed_packets(socketio.server.eio)
     hub = StreamHub(socketio, store, broker, app.config["MAX_STREAMS_PER_USER"],
                     queue_size=app.config["STREAM_QUEUE_SIZE"], direct_writes=app.config["DIRECT_WRITES"],
                     heartbeat=app.config["SSE_HEARTBEAT_SECONDS"], max_streams=app.config["MAX_CONNECTIONS"])

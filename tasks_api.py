@@ -49,6 +49,8 @@ def json_body() -> Any:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise APIError(400, f"malformed JSON: {exc}", code="malformed_json") from None
+    except RecursionError:  # the parser recurses once per level of nesting
+        raise APIError(400, "malformed JSON: nested too deeply", code="malformed_json") from None
 
 
 def query(model: type[BaseModel]) -> Any:
