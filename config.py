@@ -18,6 +18,13 @@ def as_int(value: str) -> int:
     return int(value.strip())
 
 
+def as_positive_int(value: str) -> int:
+    number = as_int(value)
+    if number < 1:
+        raise ValueError("expected a positive integer")
+    return number
+
+
 def as_float(value: str) -> float:
     return float(value.strip())
 
@@ -137,6 +144,7 @@ SETTINGS: dict[str, tuple[Any, Callable[[str], Any]]] = {
     "RATE_LIMIT_WRITES": ("120 per minute", as_str),
     "RATE_LIMIT_STORAGE_URI": ("memory://", as_str),
     "MAX_STREAMS_PER_USER": (20, as_int),
+    "MAX_SUBSCRIPTIONS_PER_CONNECTION": (100, as_positive_int),
     "LOG_LEVEL": ("INFO", as_str),
 }
 

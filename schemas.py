@@ -3,13 +3,50 @@
 from __future__ import annotations
 
 import functools
+import re
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema
 from pydantic.networks import validate_email
 
-TaskId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+from db import MAX_ID
+
+# 1-64 letters, digits, '.', '_' or '-', except '.' and '..': a URL path cannot carry those
+# two as a segment (clients remove them, RFC 3986 5.2.4), so such a task could not be fetched.
+# No look-ahead: pydantic's regex engine has none, and JSON Schema readers share the pattern.
+TASK_ID_PATTERN = r"^(?:[A-Za-z0-9._-]{3,64}|[A-Za-z0-9_-][A-Za-z0-9._-]?|\.[A-Za-z0-9_-])$"
+TASK_ID_RULE = "task_id must be 1-64 letters, digits, '.', '_' or '-', other than '.' and '..'"
+_TASK_ID = re.compile(TASK_ID_PATTERN)
+TaskId = Annotated[str, StringConstraints(pattern=TASK_ID_PATTERN)]
+
+
+def is_task_id(value: Any) -> bool:
+    """Whether value is a task id (TASK_ID_RULE)."""
+    return isinstance(value, str) and _TASK_ID.fullmatch(value) is not None
+
+
+_DECIMAL = re.compile(r"[0-9]+")
+_MAX_ID_DIGITS = len(str(MAX_ID))
+EVENT_ID_RULE = "must be a non-negative decimal integer event id (digits 0-9 only)"
+
+
+def event_id(value: Any) -> int:
+    """A client's event id: ASCII digits, or a JSON integer, from 0 to MAX_ID; ValueError for anything else."""
+    number = -1
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and _DECIMAL.fullmatch(value):
+        digits = value.lstrip("0") or "0"
+        number = int(digits) if len(digits) <= _MAX_ID_DIGITS else MAX_ID + 1  # no work on a huge number
+    if not 0 <= number <= MAX_ID:
+        raise ValueError("not a non-negative decimal integer")
+    return number
+
+
+# The one parser of event ids (streams.parse_event_id uses it for SSE and Socket.IO).
+EventId = Annotated[int, BeforeValidator(event_id), WithJsonSchema({"type": "integer", "minimum": 0,
+                                                                     "maximum": MAX_ID})]
 Title = Annotated[str, StringConstraints(max_length=200)]
 Description = Annotated[str, StringConstraints(max_length=10_000)]
 
@@ -94,7 +131,7 @@ class TaskListQuery(_Query):
 
 
 class EventListQuery(_Query):
-    after: int = Field(0, ge=0, le=2**63 - 1)
+    after: EventId = 0
     limit: int = Field(100, ge=1, le=1000)
 
 

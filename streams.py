@@ -11,11 +11,10 @@ from __future__ import annotations
 import heapq
 import json
 import logging
-import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,39 +27,35 @@ from flask_socketio import SocketIO
 
 from auth import TokenError, Viewer, authenticate, viewer_for_token
 from broker import Broker, Event, SubscriptionClosed
-from db import MAX_ID, Store
+from db import Store
 from errors import APIError
 from fanout import LiveStreams, LiveWebSockets, SSEWriter, note_chunked, stream_socket, websocket_frame
 from rooms import client_manager
+from schemas import EVENT_ID_RULE, TASK_ID_RULE, event_id, is_task_id
 
 logger = logging.getLogger(__name__)
 
 REPLAY_BATCH = 1000
-_TASK_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# The event names the Socket.IO protocol keeps for itself: a client never sends them as events.
+RESERVED_EVENTS = ("connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener")
 
 bp = Blueprint("streams", __name__)
 
 
 def parse_event_id(value: Any, name: str) -> int | None:
-    """An event id given by a client, or None when absent; APIError(422) when it is not one."""
+    """An event id given by a client (schemas.event_id), or None when absent; APIError(422) when it is not one."""
     if value is None or value == "":
         return None
-    if isinstance(value, bool):
-        value = None
     try:
-        number = int(value)
-    except (TypeError, ValueError):
-        number = -1
-    if not 0 <= number <= MAX_ID:
-        raise APIError(422, f"{name} must be a non-negative integer event id",
-                       details=[{"field": name, "message": "not a non-negative integer"}])
-    return number
+        return event_id(value)
+    except ValueError as exc:
+        raise APIError(422, f"{name} {EVENT_ID_RULE}", details=[{"field": name, "message": str(exc)}]) from None
 
 
 def parse_task_ids(values: list[str]) -> frozenset[str] | None:
-    bad = [v for v in values if not _TASK_ID.match(v)]
+    bad = [v for v in values if not is_task_id(v)]
     if bad:
-        raise APIError(422, "task_id must be 1-64 letters, digits, '.', '_' or '-'",
+        raise APIError(422, TASK_ID_RULE,
                        details=[{"field": "task_id", "message": f"invalid task id {v!r}"} for v in bad])
     return frozenset(values) or None
 
@@ -199,8 +194,19 @@ def task_updates() -> Response:
 @dataclass
 class _Client:
     viewer: Viewer
-    task_ids: set[str] = field(default_factory=set)
+    task_ids: dict[str, None] = field(default_factory=dict)  # a set that keeps the order of subscribing
     attached: bool = False
+
+    @property
+    def room_prefix(self) -> str:
+        # A reader limited to its own tasks joins rooms under its user, so a task
+        # that changes owner is never sent to its former owner.
+        only = self.viewer.only_email
+        return "" if only is None else f"user:{only}/"
+
+
+class SubscribeRefused(Exception):
+    """A subscribe that changes nothing: the connection is at its cap, or gone."""
 
 
 class StreamHub:
@@ -213,11 +219,12 @@ class StreamHub:
 
     def __init__(self, socketio: SocketIO, store: Store, broker: Broker, max_per_user: int = 20,
                  queue_size: int = 1000, direct_writes: bool = True, heartbeat: float = 15.0,
-                 max_streams: int = 10000) -> None:
+                 max_streams: int = 10000, max_subscriptions: int = 100) -> None:
         self.socketio = socketio
         self.store = store
         self.broker = broker
         self.max_per_user = max_per_user
+        self.max_subscriptions = max_subscriptions  # per connection
         # Streams taken over from eventlet (fanout.py) leave its pool of handlers, which
         # MAX_CONNECTIONS bounds: this bounds them, as many again.
         self.max_streams = max_streams
@@ -389,35 +396,48 @@ class StreamHub:
             self.release(client.viewer)
 
     def subscribe(self, sid: str, task_id: str) -> list[str]:
-        """Watch only chosen tasks: the first subscribe leaves the all-tasks room."""
-        return self._change(sid, lambda ids: ids.add(task_id))
+        """Watch only chosen tasks: the first subscribe leaves the all-tasks room. Returns the subscriptions.
+
+        Costs one or two room changes whatever the number of subscriptions;
+        SubscribeRefused past max_subscriptions.
+        """
+        with self._lock:
+            client = self._client(sid)
+            if task_id in client.task_ids:
+                return list(client.task_ids)
+            if len(client.task_ids) >= self.max_subscriptions:
+                raise SubscribeRefused(f"at most {self.max_subscriptions} subscriptions per connection: "
+                                       "unsubscribe from one first")
+            client.task_ids[task_id] = None
+            if client.attached:
+                if len(client.task_ids) == 1:
+                    self.socketio.server.leave_room(sid, client.room_prefix + "all")
+                self.socketio.server.enter_room(sid, f"{client.room_prefix}task:{task_id}")
+            return list(client.task_ids)
 
     def unsubscribe(self, sid: str, task_id: str) -> list[str]:
-        """Stop watching a task; with none left the client watches all tasks again."""
-        return self._change(sid, lambda ids: ids.discard(task_id))
-
-    def _change(self, sid: str, change: Any) -> list[str]:
+        """Stop watching a task; with none left the client watches all tasks again. Returns the subscriptions."""
         with self._lock:
-            client = self._clients[sid]
-            before = self._rooms(client) if client.attached else set()
-            change(client.task_ids)
-            if client.attached:
-                after = self._rooms(client)
-                for room in before - after:
-                    self.socketio.server.leave_room(sid, room)
-                for room in after - before:
-                    self.socketio.server.enter_room(sid, room)
-            return sorted(client.task_ids)
+            client = self._client(sid)
+            if task_id in client.task_ids:
+                del client.task_ids[task_id]
+                if client.attached:
+                    self.socketio.server.leave_room(sid, f"{client.room_prefix}task:{task_id}")
+                    if not client.task_ids:
+                        self.socketio.server.enter_room(sid, client.room_prefix + "all")
+            return list(client.task_ids)
+
+    def _client(self, sid: str) -> _Client:
+        client = self._clients.get(sid)
+        if client is None:  # an event that arrived as its connection ended
+            raise SubscribeRefused("not connected")
+        return client
 
     @staticmethod
-    def _rooms(client: _Client) -> set[str]:
-        # A reader limited to its own tasks joins rooms under its user, so a task
-        # that changes owner is never sent to its former owner.
-        only = client.viewer.only_email
-        prefix = "" if only is None else f"user:{only}/"
+    def _rooms(client: _Client) -> list[str]:
         if client.task_ids:
-            return {f"{prefix}task:{task_id}" for task_id in client.task_ids}
-        return {prefix + "all"}
+            return [f"{client.room_prefix}task:{task_id}" for task_id in client.task_ids]
+        return [client.room_prefix + "all"]
 
 
 class MalformedPacket(ValueError):
@@ -510,11 +530,42 @@ def init_app(app: Flask, store: Store, broker: Broker) -> StreamHub:
     _close_on_malformed_packets(socketio.server.eio)
     hub = StreamHub(socketio, store, broker, app.config["MAX_STREAMS_PER_USER"],
                     queue_size=app.config["STREAM_QUEUE_SIZE"], direct_writes=app.config["DIRECT_WRITES"],
-                    heartbeat=app.config["SSE_HEARTBEAT_SECONDS"], max_streams=app.config["MAX_CONNECTIONS"])
+                    heartbeat=app.config["SSE_HEARTBEAT_SECONDS"], max_streams=app.config["MAX_CONNECTIONS"],
+                    max_subscriptions=app.config["MAX_SUBSCRIPTIONS_PER_CONNECTION"])
     app.extensions["streams"] = hub
+    _register_socketio_handlers(socketio, hub)
+    app.register_blueprint(bp)
+    app.wsgi_app = _StreamTransports(app.wsgi_app)  # type: ignore[method-assign]
+    return hub
+
+
+def _end_for_reserved_event(socketio: SocketIO, name: str) -> None:
+    """End the connection of the current event, which a client sent under a name the protocol reserves."""
+    sid = request.sid  # type: ignore[attr-defined]
+    logger.warning("closing Socket.IO connection %s: it sent the reserved event %r", sid, name)
+    # Runs our disconnect handler as a real disconnect, which gives the connection's place back.
+    socketio.server.disconnect(sid, namespace=request.namespace, ignore_queue=True)  # type: ignore[attr-defined]
+
+
+def _register_socketio_handlers(socketio: SocketIO, hub: StreamHub) -> None:
+    """The Socket.IO handlers: connect and disconnect, subscribe and unsubscribe.
+
+    python-socketio hands a client's event named "connect" or "disconnect" to
+    the handlers of the real ones. The manager tells them apart: a real connect
+    runs while the client is pending (manager.is_pre_connected), a real
+    disconnect once it no longer counts as connected (manager.is_connected);
+    a client's event is dispatched only while its sender is connected. Such an
+    event ends its connection. One that runs after its connection began to end
+    is taken for that disconnect, which is harmless: the hub forgets a
+    connection once.
+    """
+    manager = socketio.server.manager
 
     @socketio.on("connect")
     def on_connect(auth: Any = None) -> None:
+        if not manager.is_pre_connected(request.sid, request.namespace):  # type: ignore[attr-defined]
+            _end_for_reserved_event(socketio, "connect")
+            return
         auth = auth if isinstance(auth, dict) else {}
         try:
             viewer = viewer_for_token(auth.get("token"))
@@ -536,26 +587,36 @@ def init_app(app: Flask, store: Store, broker: Broker) -> StreamHub:
 
     @socketio.on("disconnect")
     def on_disconnect(reason: Any = None) -> None:
+        if manager.is_connected(request.sid, request.namespace):  # type: ignore[attr-defined]
+            _end_for_reserved_event(socketio, "disconnect")
+            return
         hub.disconnect(request.sid)  # type: ignore[attr-defined]
 
-    def _task_id(data: Any) -> str | None:
-        task_id = data.get("task_id") if isinstance(data, dict) else None
-        return task_id if isinstance(task_id, str) and _TASK_ID.match(task_id) else None
+    def refuse(name: str) -> Callable[..., None]:
+        def on_reserved(*_args: Any) -> None:
+            _end_for_reserved_event(socketio, name)
+        return on_reserved
+
+    for name in RESERVED_EVENTS:
+        if name not in ("connect", "disconnect"):  # no server event of these names: only a client sends them
+            socketio.on(name)(refuse(name))
 
     @socketio.on("subscribe")
     def on_subscribe(data: Any = None) -> dict[str, Any]:
-        task_id = _task_id(data)
-        if task_id is None:
-            return {"ok": False, "error": "task_id must be 1-64 letters, digits, '.', '_' or '-'"}
-        return {"ok": True, "task_id": task_id, "subscriptions": hub.subscribe(request.sid, task_id)}  # type: ignore[attr-defined]
+        return _subscription_change(hub.subscribe, data)
 
     @socketio.on("unsubscribe")
     def on_unsubscribe(data: Any = None) -> dict[str, Any]:
-        task_id = _task_id(data)
-        if task_id is None:
-            return {"ok": False, "error": "task_id must be 1-64 letters, digits, '.', '_' or '-'"}
-        return {"ok": True, "task_id": task_id, "subscriptions": hub.unsubscribe(request.sid, task_id)}  # type: ignore[attr-defined]
+        return _subscription_change(hub.unsubscribe, data)
 
-    app.register_blueprint(bp)
-    app.wsgi_app = _StreamTransports(app.wsgi_app)  # type: ignore[method-assign]
-    return hub
+
+def _subscription_change(change: Callable[[str, str], list[str]], data: Any) -> dict[str, Any]:
+    """The ack of a subscribe or unsubscribe: ok with the subscriptions, or not ok with the error."""
+    task_id = data.get("task_id") if isinstance(data, dict) else None
+    if not is_task_id(task_id):
+        return {"ok": False, "error": TASK_ID_RULE}
+    try:
+        subscriptions = change(request.sid, task_id)  # type: ignore[attr-defined]
+    except SubscribeRefused as refused:
+        return {"ok": False, "error": str(refused)}
+    return {"ok": True, "task_id": task_id, "subscriptions": subscriptions}

@@ -19,11 +19,19 @@ from broker import BrokerUnavailable, Event
 from db import MAX_ID, Idempotency, Store, TaskNotFound, decode_cursor, encode_cursor
 from errors import APIError
 from ratelimit import WriteLimit, limited
-from schemas import EventListQuery, NotificationListQuery, TaskListQuery, TaskPatch, TaskReplace, TaskUpdate
+from schemas import (
+    TASK_ID_RULE,
+    EventListQuery,
+    NotificationListQuery,
+    TaskListQuery,
+    TaskPatch,
+    TaskReplace,
+    TaskUpdate,
+    is_task_id,
+)
 
 bp = Blueprint("api", __name__)
 
-_TASK_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 WRITE_ENDPOINTS = ("update_task", "replace_task", "patch_task", "delete_task", "retry_notification")
 UPDATE_ACCEPTED = "task updated, notification will be sent asynchronously"
@@ -59,8 +67,8 @@ def query(model: type[BaseModel]) -> Any:
 
 
 def checked_task_id(task_id: str) -> str:
-    if not _TASK_ID.match(task_id):
-        raise APIError(422, "task_id must be 1-64 letters, digits, '.', '_' or '-'",
+    if not is_task_id(task_id):
+        raise APIError(422, TASK_ID_RULE,
                        details=[{"field": "task_id", "message": "invalid task id"}])
     return task_id
 

@@ -133,3 +133,42 @@ def test_a_new_stream_says_where_it_starts_so_a_reconnect_misses_nothing(live_se
     resumed.wait_for_events(2)
     assert resumed.ids == missed
     resumed.close()
+
+
+BAD_EVENT_IDS = ["1_0", "+5", "-1", "1.5", "0x10", "1e3", "7 8", str(2**63), "\u0663", " 7 "]
+
+
+def test_bad_event_ids_are_422_on_the_query(live_server):
+    for value in BAD_EVENT_IDS:
+        response = live_server.get("/task_updates", params={"last_event_id": value}, stream=True)
+        assert response.status_code == 422, (value, response.status_code)
+        error = response.json()["error"]
+        assert error["code"] == "validation_failed" and error["details"][0]["field"] == "last_event_id", value
+        assert "decimal" in error["message"]
+
+
+def test_bad_event_ids_are_422_in_the_last_event_id_header(live_server):
+    # Spaces around a header's value are not part of it (RFC 9110 5.5): " 7 " there is 7.
+    for value in [v for v in BAD_EVENT_IDS if v.isascii() and v.strip() == v]:
+        response = live_server.get("/task_updates", headers={"Last-Event-ID": value}, stream=True)
+        assert response.status_code == 422, (value, response.status_code)
+        error = response.json()["error"]
+        assert error["code"] == "validation_failed" and error["details"][0]["field"] == "Last-Event-ID", value
+
+
+def test_event_ids_with_leading_zeros_resume(live_server):
+    first = [post(live_server, "z") for _ in range(3)]
+    by_header = live_server.sse(headers={"Last-Event-ID": f"000{first[0]}"})
+    by_query = live_server.sse(f"/task_updates?last_event_id=0{first[1]}")
+    by_header.wait_for_events(2)
+    by_query.wait_for_events(1)
+    assert by_header.ids == first[1:] and by_query.ids == first[2:]
+    by_header.close()
+    by_query.close()
+
+
+def test_dot_task_ids_are_422_in_the_filter(live_server):
+    for value in (".", ".."):
+        response = live_server.get("/task_updates", params={"task_id": value}, stream=True)
+        assert response.status_code == 422, value
+        assert response.json()["error"]["details"][0]["field"] == "task_id"
