@@ -357,7 +357,8 @@ OPERATIONS: dict[tuple[str, str], Op] = {
 }
 
 _PATH_PARAMETERS: dict[str, dict[str, Any]] = {
-    "task_id": {"description": "1-64 letters, digits, '.', '_' or '-'.", "schema": TypeAdapter(TaskId).json_schema()},
+    "task_id": {"description": "1-64 letters, digits, '.', '_' or '-', other than '.' and '..'.",
+                "schema": TypeAdapter(TaskId).json_schema()},
     "notification_id": {"description": "A notification's id.",
                         "schema": {"type": "integer", "minimum": 0, "maximum": MAX_ID}},
 }

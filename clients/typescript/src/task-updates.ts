@@ -19,7 +19,8 @@ import {
   TaskUpdatesError,
 } from './types.js';
 
-const TASK_ID = /^[A-Za-z0-9._-]{1,64}$/;
+// The server's rule: 1-64 letters, digits, '.', '_' or '-', other than '.' and '..'.
+const TASK_ID = /^(?!\.{1,2}$)[A-Za-z0-9._-]{1,64}$/;
 
 /**
  * A cold stream of task events: every subscription opens its own connection (Socket.IO or SSE) and

@@ -117,3 +117,11 @@ describe('SSE resume bookkeeping', () => {
     expect(states.at(-1)).toBe('closed');
   });
 });
+
+describe('task ids', () => {
+  it('refuses what the server refuses, "." and ".." included, and takes "..."', () => {
+    const make = (id: string) => () => taskUpdates({ baseUrl: 'http://x', transport: 'sse', taskIds: [id] });
+    for (const bad of ['.', '..', '', 'a b', 'x'.repeat(65)]) expect(make(bad)).toThrow(TypeError);
+    for (const good of ['...', '.a', 'a.', '123', 'x'.repeat(64)]) expect(make(good)).not.toThrow();
+  });
+});
