@@ -181,7 +181,7 @@ def test_a_client_that_starts_on_long_polling_upgrades_and_keeps_every_feature(l
 
 
 def test_pings_keep_a_websocket_alive_and_a_client_that_stops_answering_is_dropped(start_server) -> None:
-    server = start_server(SOCKETIO_PING_INTERVAL="0.5", SOCKETIO_PING_TIMEOUT="1")
+    server = start_server(SOCKETIO_PING_INTERVAL="1", SOCKETIO_PING_TIMEOUT="1")
     ws = websocket.create_connection(f"ws://127.0.0.1:{server.port}/socket.io/?EIO=4&transport=websocket",
                                      timeout=10)
     assert ws.recv().startswith("0{")  # Engine.IO open
@@ -204,21 +204,21 @@ def test_pings_keep_a_websocket_alive_and_a_client_that_stops_answering_is_dropp
 
 
 def test_pings_keep_to_the_ping_interval_and_pongs_are_answered_where_they_are_read(start_server) -> None:
-    # Pings go out from a heap read every 0.1 s; read once a second, as before, the
-    # same 0.5 s interval stretched to a full second, a second's pings went out at once.
-    server = start_server(SOCKETIO_PING_INTERVAL="0.5", SOCKETIO_PING_TIMEOUT="5")
+    # Pings go out from a heap read every 0.1 s; read once a second, the 1 s interval
+    # stretched to 1.25-2 s, and a second's pings went out at once.
+    server = start_server(SOCKETIO_PING_INTERVAL="1", SOCKETIO_PING_TIMEOUT="5")
     ws = websocket.create_connection(f"ws://127.0.0.1:{server.port}/socket.io/?EIO=4&transport=websocket",
                                      timeout=10)
     assert ws.recv().startswith("0{")
     ws.send("40" + json.dumps({"token": server.token}))
     assert ws.recv().startswith("40{")
     pinged = []
-    for _ in range(8):
+    for _ in range(6):
         assert ws.recv() == "2"
         pinged.append(time.monotonic())
         ws.send("3")
     gaps = [b - a for a, b in zip(pinged, pinged[1:], strict=False)]
-    assert sum(gaps) / len(gaps) < 0.8, gaps  # 0.375 to 0.5 s each, plus at most a tick
+    assert sum(gaps) / len(gaps) < 1.2, gaps  # 0.75 to 1 s each, plus at most a tick
     assert _healthz_streams(server)["socketio"] == 1
     ws.close()
 

@@ -1,0 +1,132 @@
+"""Engine.IO over websocket at the protocol level, against the real server: heartbeats, upgrades, close frames.
+
+Raw websocket clients (websocket-client) speak Engine.IO by hand, so that what
+the server writes (pings, close frames and their status codes) can be read and
+timed. Most tests run on both paths: the connections taken over from eventlet
+(fanout.py, DIRECT_WRITES=1) and stock python-engineio (DIRECT_WRITES=0), which
+they must match.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import pytest
+import requests
+import websocket
+
+from support import ROOT
+
+ASYNC_MODE = os.environ.get("TEST_ASYNC_MODE", "eventlet")
+eventlet_only = pytest.mark.skipif(ASYNC_MODE != "eventlet",
+                                   reason="the websocket take-over (fanout.py) and these stock comparisons are "
+                                          "eventlet's; gevent serves websockets with gevent-websocket")
+BOTH_PATHS = pytest.mark.parametrize("direct_writes", ["1", "0"], ids=["taken-over", "stock"])
+
+INTERVAL, TIMEOUT = 2, 1  # seconds: SOCKETIO_PING_INTERVAL, SOCKETIO_PING_TIMEOUT
+# Silent clients, each timed: one dropped late by chance may pass, all of them hardly.
+SILENT = 5
+
+
+def ws_url(server: Any, sid: str | None = None) -> str:
+    return f"ws://127.0.0.1:{server.port}/socket.io/?EIO=4&transport=websocket" + (f"&sid={sid}" if sid else "")
+
+
+def open_websocket(server: Any) -> tuple[websocket.WebSocket, dict[str, Any]]:
+    """A Socket.IO client over a raw websocket, connected: the socket and the Engine.IO handshake."""
+    ws = websocket.create_connection(ws_url(server), timeout=10)
+    opened = ws.recv()
+    assert opened.startswith("0{"), opened
+    ws.send("40" + json.dumps({"token": server.token}))
+    assert ws.recv().startswith("40{")  # Socket.IO connect accepted
+    return ws, json.loads(opened[1:])
+
+
+def masked_frame(first_byte: int, payload: bytes) -> bytes:
+    """A client's frame (masked, payload under 126 bytes) with the given first byte (FIN, RSV, opcode)."""
+    mask = b"\x0f\x1e\x2d\x3c"
+    return bytes([first_byte, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def socketio_streams(server: Any) -> int:
+    return server.get("/healthz").json()["streams"]["socketio"]
+
+
+class RawClient(threading.Thread):
+    """A raw client in a thread: it answers pings (or, once told to, stops) and notes when each came."""
+
+    def __init__(self, server: Any) -> None:
+        super().__init__(daemon=True)
+        self.ws, _ = open_websocket(server)
+        self.pings: list[float] = []
+        self.pongs: list[float] = []
+        self.answering = True
+        self.closed: float | None = None
+        self.error: BaseException | None = None
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self.stopping.is_set():
+                opcode, data = self.ws.recv_data(control_frame=True)
+                if opcode == websocket.ABNF.OPCODE_CLOSE:
+                    break
+                assert data in (b"2", b"1"), data  # pings, at most Engine.IO's close packet
+                if data == b"2":
+                    self.pings.append(time.monotonic())
+                    if self.answering:
+                        self.ws.send("3")
+                        self.pongs.append(time.monotonic())
+        except (websocket.WebSocketConnectionClosedException, ConnectionError):
+            pass
+        except BaseException as exc:  # noqa: BLE001 - the test reads it
+            self.error = exc
+        self.closed = time.monotonic()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.ws.close()
+        self.join(10)
+
+
+def when_closed(ws: websocket.WebSocket, timeout: float) -> float:
+    """When the server ended the connection (a close frame or the end of the stream); nothing else may come."""
+    ws.settimeout(timeout)
+    while True:
+        try:
+            opcode, data = ws.recv_data(control_frame=True)
+        except (websocket.WebSocketConnectionClosedException, ConnectionError):
+            return time.monotonic()
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            return time.monotonic()
+        assert data == b"1", data  # at most Engine.IO's close packet
+
+
+# -- 17: whole seconds for the ping settings ---------------------------------------------
+
+
+def test_ping_settings_are_whole_seconds_and_a_fraction_stops_the_server(start_server, tmp_path) -> None:
+    """python-engineio tells clients the ping interval cut to whole seconds: 1.5 would be announced as 1000 ms."""
+    from config import load_config
+
+    config = load_config({"SOCKETIO_PING_INTERVAL": "25.0", "SOCKETIO_PING_TIMEOUT": " 7 "})
+    assert (config["SOCKETIO_PING_INTERVAL"], config["SOCKETIO_PING_TIMEOUT"]) == (25, 7)
+    for name in ("SOCKETIO_PING_INTERVAL", "SOCKETIO_PING_TIMEOUT"):
+        for value in ("1.5", "0.5", "0", "-2", "nan", "soon"):
+            with pytest.raises(ValueError, match=f"^invalid value for {name}: '{value}' .*whole number of seconds"):
+                load_config({name: value})
+    refused = subprocess.run([sys.executable, "app.py"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                             env={"PATH": "/usr/bin:/bin", "SOCKETIO_PING_INTERVAL": "1.5",
+                                  "INSTANCE_PATH": str(tmp_path / "refused")})
+    assert refused.returncode != 0
+    assert "configuration: invalid value for SOCKETIO_PING_INTERVAL: '1.5' (expected a whole number" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    server = start_server(SOCKETIO_PING_INTERVAL="3", SOCKETIO_PING_TIMEOUT="4")
+    handshake = json.loads(requests.get(f"{server.url}/socket.io/?EIO=4&transport=polling", timeout=10).text[1:])
+    assert (handshake["pingInterval"], handshake["pingTimeout"]) == (3000, 4000)
