@@ -468,7 +468,9 @@ class LiveWebSockets:
         self.max_pending = max_pending
         self.max_message = int(self.eio.max_http_buffer_size)
         self._by_sid: dict[str, LiveWebSocket] = {}
-        self._pings: list[tuple[float, int, Any]] = []  # a heap of (when due, tie-break, Engine.IO socket)
+        # A heap of (when due, tie-break, Engine.IO socket, None) for the next ping, and of
+        # (when due, tie-break, Engine.IO socket, when pinged) for the deadline of its pong.
+        self._pings: list[tuple[float, int, Any, float | None]] = []
         self._order = itertools.count()
         self._stopping = threading.Event()
         self._pinging = False
@@ -511,7 +513,7 @@ class LiveWebSockets:
         self._stopping.set()
 
     def _noted(self, eio_socket: Any) -> None:
-        """A new Engine.IO socket: its pings come from the one green thread."""
+        """A new Engine.IO socket: its pings, and the end of those it leaves unanswered, come from one green thread."""
 
         def schedule_ping() -> None:  # as Engine.IO's: after the previous ping's pong
             if eio_socket.last_ping:
@@ -519,7 +521,7 @@ class LiveWebSockets:
                 # A little early at random, so that clients that came together (after a
                 # restart, say) are not all pinged, and do not all answer, at once.
                 due = time.time() + self.eio.ping_interval * random.uniform(0.75, 1.0)
-                heapq.heappush(self._pings, (due, next(self._order), eio_socket))
+                heapq.heappush(self._pings, (due, next(self._order), eio_socket, None))
 
         eio_socket.schedule_ping = schedule_ping
         if not self._pinging:
@@ -530,16 +532,36 @@ class LiveWebSockets:
         # Every tick sends the pings now due, a few at a time: sent a second's worth at
         # once, they (and the pongs that come straight back) stalled the server for
         # several ms, which showed in the tail of every client's latency.
+        # Each ping puts its deadline in the same heap: a client that has not answered
+        # by then is dropped at that tick (Engine.IO's own check comes once per
+        # ping timeout, up to a whole ping timeout late).
         pings = self._pings
         while not self._stopping.wait(PING_TICK_SECONDS):
             now, ping = time.time(), eio_packet.Packet(eio_packet.PING)
-            due = []
+            due, unanswered = [], []
             while pings and pings[0][0] <= now:
-                due.append(heapq.heappop(pings)[2])
+                _, _, eio_socket, pinged_at = heapq.heappop(pings)
+                if pinged_at is None:
+                    due.append(eio_socket)
+                elif eio_socket.last_ping == pinged_at:  # a pong sets it to None, the next ping to its time
+                    unanswered.append(eio_socket)
+            for eio_socket in unanswered:
+                self._ping_timed_out(eio_socket)
             for eio_socket in _yielding(due, batch=32):
                 if not eio_socket.closing and not eio_socket.closed:
                     eio_socket.last_ping = now
                     eio_socket.send(ping)
+                    deadline = now + self.eio.ping_timeout
+                    heapq.heappush(pings, (deadline, next(self._order), eio_socket, now))
+
+    def _ping_timed_out(self, eio_socket: Any) -> None:
+        """End a connection whose client did not answer its ping within the ping timeout (as Engine.IO does)."""
+        if eio_socket.closing or eio_socket.closed:
+            return
+        logger.info("closing Socket.IO connection %s: no pong within %s s of its ping",
+                    eio_socket.sid, self.eio.ping_timeout)
+        # Engine.IO's own ping timeout sends no CLOSE packet either: the transport just ends.
+        eio_socket.close(wait=False, abort=True, reason=self.eio.reason.PING_TIMEOUT)
 
     def _serve(self, eio_socket: Any, ws: Any, handler: Any) -> Any:
         """Set the websocket transport up as Engine.IO does, then take the connection over."""

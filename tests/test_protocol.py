@@ -21,7 +21,7 @@ import pytest
 import requests
 import websocket
 
-from support import ROOT
+from support import ROOT, wait_for
 
 ASYNC_MODE = os.environ.get("TEST_ASYNC_MODE", "eventlet")
 eventlet_only = pytest.mark.skipif(ASYNC_MODE != "eventlet",
@@ -106,6 +106,40 @@ def when_closed(ws: websocket.WebSocket, timeout: float) -> float:
         if opcode == websocket.ABNF.OPCODE_CLOSE:
             return time.monotonic()
         assert data == b"1", data  # at most Engine.IO's close packet
+
+
+# -- 14: the ping timeout ------------------------------------------------------------
+
+
+@pytest.mark.skipif(ASYNC_MODE != "eventlet",
+                    reason="under gevent, python-engineio's service task drops a silent client up to a ping timeout "
+                           "late; the deadline kept to the tick is the eventlet take-over's (fanout.py)")
+@BOTH_PATHS
+def test_a_client_that_stops_answering_is_dropped_ping_timeout_after_the_ping_it_ignores(start_server,
+                                                                                       direct_writes) -> None:
+    """As Node and stock python-engineio: dropped pingTimeout after the unanswered ping; those that answer stay."""
+    server = start_server(SOCKETIO_PING_INTERVAL=str(INTERVAL), SOCKETIO_PING_TIMEOUT=str(TIMEOUT),
+                          DIRECT_WRITES=direct_writes)
+    answering = RawClient(server)
+    silent = [RawClient(server) for _ in range(SILENT)]
+    for client in [answering, *silent]:
+        client.start()
+    for client in silent:  # each answers one ping, then no more
+        wait_for(lambda client=client: client.pongs, INTERVAL + 5, "a first ping")
+        client.answering = False
+    for client in silent:
+        wait_for(lambda client=client: client.closed, INTERVAL + TIMEOUT + 5, "the silent client to be dropped")
+    lateness = [round(c.closed - c.pings[-1], 2) for c in silent]
+    since_pong = [round(c.closed - c.pongs[-1], 2) for c in silent]
+    assert all(len(c.pings) == 2 and c.error is None for c in silent), [(c.pings, c.error) for c in silent]
+    # Pings may come up to a quarter of the interval early (fanout.py spreads them).
+    assert all(TIMEOUT - 0.15 < late < TIMEOUT + 0.45 for late in lateness), (lateness, since_pong)
+    assert all(INTERVAL * 0.75 + TIMEOUT - 0.15 < t < INTERVAL + TIMEOUT + 0.7 for t in since_pong), since_pong
+    pings_before = len(answering.pings)
+    wait_for(lambda: len(answering.pings) >= pings_before + 2, 3 * INTERVAL + TIMEOUT, "two more pings answered")
+    assert answering.error is None and answering.closed is None
+    wait_for(lambda: socketio_streams(server) == 1, 10, "the silent clients to be dropped, the other kept")
+    answering.stop()
 
 
 # -- 17: whole seconds for the ping settings ---------------------------------------------
