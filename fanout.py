@@ -584,21 +584,42 @@ class LiveWebSockets:
                 connection.put(pkt)
         return []
 
-    @staticmethod
-    def _upgrade(eio_socket: Any, ws: Any) -> bool:
-        """The probe and upgrade of a connection that began with long-polling (as Engine.IO does it)."""
+    def _upgrade(self, eio_socket: Any, ws: Any) -> bool:
+        """The probe and upgrade of a connection that began with long-polling (as Engine.IO does it).
+
+        Anything else, or nothing within a ping interval and timeout, ends the
+        websocket, and the session goes on over long-polling (as Engine.IO and
+        Node do).
+        """
         eio_socket.upgrading = True  # packets wait in the queue meanwhile
-        probe = eio_packet.Packet(encoded_packet=ws.wait() or "6")
-        if probe.packet_type != eio_packet.PING or probe.data != "probe":
+        timeout = ws.socket.gettimeout()
+        ws.socket.settimeout(self.eio.ping_interval + self.eio.ping_timeout)
+        try:
+            probe = self._next_packet(ws)
+            if probe is None or probe.packet_type != eio_packet.PING or probe.data != "probe":
+                return False
+            try:
+                ws.send(eio_packet.Packet(eio_packet.PONG, data="probe").encode())
+            except OSError:
+                return False
+            eio_socket.queue.put(eio_packet.Packet(eio_packet.NOOP))  # ends the pending poll
+            upgrade = self._next_packet(ws)
+            return upgrade is not None and upgrade.packet_type == eio_packet.UPGRADE
+        finally:
             eio_socket.upgrading = False
-            return False
-        ws.send(eio_packet.Packet(eio_packet.PONG, data="probe").encode())
-        eio_socket.queue.put(eio_packet.Packet(eio_packet.NOOP))  # ends the pending poll
-        upgrade = eio_packet.Packet(encoded_packet=ws.wait() or "6")
-        if upgrade.packet_type != eio_packet.UPGRADE:
-            eio_socket.upgrading = False
-            return False
-        return True
+            ws.socket.settimeout(timeout)
+
+    @staticmethod
+    def _next_packet(ws: Any) -> Any | None:
+        """The client's next Engine.IO packet on a websocket eventlet still serves; None if none came readable."""
+        try:
+            data = ws.wait()  # None when the client closed it; eventlet answers a broken frame with a close frame
+        except (OSError, ValueError):  # gone, silent too long, or text that is not UTF-8 (eventlet sent 1011)
+            return None
+        try:
+            return None if data is None else eio_packet.Packet(encoded_packet=data)
+        except ValueError:  # not an Engine.IO packet
+            return None
 
     def _slim_environ(self, eio_sid: str) -> None:
         """Drop what the connection's request environment holds of eventlet's request objects.

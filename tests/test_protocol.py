@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -140,6 +141,89 @@ def test_a_client_that_stops_answering_is_dropped_ping_timeout_after_the_ping_it
     assert answering.error is None and answering.closed is None
     wait_for(lambda: socketio_streams(server) == 1, 10, "the silent clients to be dropped, the other kept")
     answering.stop()
+
+
+# -- 15: a malformed upgrade from long-polling --------------------------------------------
+
+
+def polling_session(server: Any) -> str:
+    """A Socket.IO client connected over long-polling: its Engine.IO session id."""
+    base = f"{server.url}/socket.io/?EIO=4&transport=polling"
+    sid = json.loads(requests.get(base, timeout=10).text[1:])["sid"]
+    assert requests.post(f"{base}&sid={sid}", data="40" + json.dumps({"token": server.token}), timeout=10).ok
+    assert requests.get(f"{base}&sid={sid}", timeout=10).text.startswith("40{")
+    return sid
+
+
+def poll(server: Any, sid: str) -> str:
+    answer = requests.get(f"{server.url}/socket.io/?EIO=4&transport=polling&sid={sid}", timeout=15)
+    assert answer.status_code == 200, answer.text
+    return answer.text
+
+
+def read_to_end(sock: socket.socket, timeout: float = 10) -> bytes:
+    """What the server writes on a connection until it closes it."""
+    sock.settimeout(timeout)
+    data = b""
+    while piece := sock.recv(65536):
+        data += piece
+    return data
+
+
+def post_event(server: Any, task_id: str) -> int:
+    answer = server.post("/update_task", {"task_id": task_id, "user_email": "test@example.com"})
+    assert answer.status_code == 200, answer.text
+    return answer.json()["event_id"]
+
+
+# (the frame the client sends instead of the probe, or after it instead of the upgrade packet)
+MALFORMED_UPGRADES = {
+    "unreadable-probe": [masked_frame(0x81, b"xyz")],
+    "empty-probe": [masked_frame(0x81, b"")],
+    "binary-probe": [masked_frame(0x82, b"\x01\x02")],
+    "probe-not-utf-8": [masked_frame(0x81, b"2\xff")],
+    "upgrade-packet-unreadable": ["2probe", masked_frame(0x81, b"xyz")],
+    "upgrade-packet-empty": ["2probe", masked_frame(0x81, b"")],
+    "upgrade-packet-a-message": ["2probe", masked_frame(0x81, b"4hello")],
+    "upgrade-packet-binary": ["2probe", masked_frame(0x82, b"\x05")],
+}
+# Stock python-engineio raises on these, and eventlet writes HTTP 500 and a traceback into the websocket:
+# only the taken-over path is tried with them.
+STOCK_RAISES = {"unreadable-probe", "empty-probe", "probe-not-utf-8", "upgrade-packet-unreadable",
+                "upgrade-packet-empty"}
+
+
+def after_malformed_upgrade(server: Any, frames: list[Any]) -> tuple[Any, Any]:
+    """What a polling client sees after a malformed upgrade: on the websocket, then on its long-polling session."""
+    sid = polling_session(server)
+    ws = websocket.create_connection(ws_url(server, sid), timeout=10)
+    *probe, sent = frames
+    if probe:
+        ws.send(probe[0])
+        assert ws.recv() == "3probe"
+    ws.sock.sendall(sent)
+    written = read_to_end(ws.sock)
+    ws.shutdown()  # the server has closed it: no closing handshake to wait for
+    event_id = post_event(server, "after-upgrade")
+    packets = poll(server, sid).split("\x1e")
+    if packets == ["6"]:  # the NOOP that ends a poll in progress when the probe is answered
+        packets += poll(server, sid).split("\x1e")
+    events = [json.loads(p[2:])[1]["id"] for p in packets if p.startswith('42["task_update",')]
+    # A close frame and nothing else; the session's next event, after at most one NOOP (not one on every poll).
+    return ("close frame" if written[:1] == b"\x88" and b"HTTP/" not in written else written[:300],
+            "polling goes on" if events == [event_id] and packets.count("6") <= 1 else packets)
+
+
+@eventlet_only
+@BOTH_PATHS
+def test_a_malformed_upgrade_closes_the_websocket_and_the_session_goes_on_over_long_polling(
+        start_server, direct_writes) -> None:
+    """As stock python-engineio (where it does not raise) and Node: a close frame, the session left on polling."""
+    server = start_server(DIRECT_WRITES=direct_writes)
+    cases = [case for case in MALFORMED_UPGRADES if direct_writes == "1" or case not in STOCK_RAISES]
+    seen = {case: after_malformed_upgrade(server, MALFORMED_UPGRADES[case]) for case in cases}
+    assert seen == dict.fromkeys(cases, ("close frame", "polling goes on"))
+    assert "Traceback" not in server.log()
 
 
 # -- 17: whole seconds for the ping settings ---------------------------------------------
