@@ -226,6 +226,20 @@ def test_a_malformed_upgrade_closes_the_websocket_and_the_session_goes_on_over_l
     assert "Traceback" not in server.log()
 
 
+@eventlet_only
+@BOTH_PATHS
+def test_a_websocket_that_sends_no_probe_is_closed_after_a_ping_interval_and_timeout(start_server,
+                                                                                    direct_writes) -> None:
+    """As stock python-engineio: the websocket of an upgrade waits that long for its probe, and no longer."""
+    server = start_server(DIRECT_WRITES=direct_writes, SOCKETIO_PING_INTERVAL="1", SOCKETIO_PING_TIMEOUT="1")
+    ws = websocket.create_connection(ws_url(server, polling_session(server)), timeout=10)
+    opened = time.monotonic()
+    written = read_to_end(ws.sock)
+    assert written[:1] == b"\x88" and b"HTTP/" not in written, written[:300]
+    assert time.monotonic() - opened < 2 + 1.5
+    ws.shutdown()
+
+
 # -- 17: whole seconds for the ping settings ---------------------------------------------
 
 
