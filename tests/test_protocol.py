@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -237,6 +238,100 @@ def test_a_websocket_that_sends_no_probe_is_closed_after_a_ping_interval_and_tim
     written = read_to_end(ws.sock)
     assert written[:1] == b"\x88" and b"HTTP/" not in written, written[:300]
     assert time.monotonic() - opened < 2 + 1.5
+    ws.shutdown()
+
+
+# -- 16: close frames on protocol errors ---------------------------------------------------
+
+
+def server_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """The (opcode, payload) of the whole frames in what a server wrote (unmasked frames)."""
+    frames, at = [], 0
+    while at + 2 <= len(data):
+        opcode, length, at = data[at] & 0x0F, data[at + 1] & 0x7F, at + 2
+        if length >= 126:
+            size = 2 if length == 126 else 8
+            length, at = int.from_bytes(data[at:at + size], "big"), at + size
+        if at + length > len(data):
+            break
+        frames.append((opcode, data[at:at + length]))
+        at += length
+    return frames
+
+
+def close_code(ws: websocket.WebSocket) -> int | str | None:
+    """The status code of the close frame the server writes, then closes (None: a close frame without one)."""
+    ws.sock.settimeout(10)
+    written = b""
+    try:
+        while piece := ws.sock.recv(65536):
+            written += piece
+    except ConnectionResetError:
+        pass
+    closes = [payload for opcode, payload in server_frames(written) if opcode == 0x8]
+    if not closes:
+        return f"no close frame: {written[:300]!r}"
+    return struct.unpack("!H", closes[0][:2])[0] if len(closes[0]) >= 2 else None
+
+
+# name -> (what the client sends, given the handshake; the close code expected)
+PROTOCOL_ERRORS = {
+    "unmasked-frame": (lambda _: b"\x81\x023x", 1002),
+    "reserved-bits": (lambda _: masked_frame(0xC1, b"3"), 1002),
+    "invalid-utf-8": (lambda _: masked_frame(0x81, b"4\xff"), 1007),
+    "message-too-big": (lambda handshake: masked_frame(0x81, b"4")[:1] + b"\xff" + struct.pack(
+        "!Q", handshake["maxPayload"] + 1) + b"\0\0\0\0" + b"4" * (handshake["maxPayload"] + 1), 1009),
+    "message-too-big-in-pieces": (lambda handshake: masked_frame(0x01, b"4" * 100) + b"".join(
+        masked_frame(0x00, b"x" * 100) for _ in range(handshake["maxPayload"] // 100)), 1009),
+    "not-an-engineio-packet": (lambda _: masked_frame(0x81, b"xyz"), 1002),
+}
+# Where stock differs (only the taken-over path is tried with these):
+STOCK_DIFFERS = {
+    "invalid-utf-8": "eventlet answers invalid UTF-8 with 1011 (internal error), not RFC 6455's 1007",
+    "message-too-big-in-pieces": "stock python-engineio checks the size of a whole message only, sending a close "
+                                 "frame without a status",
+    "not-an-engineio-packet": "stock python-engineio raises on it: eventlet answers HTTP 500 with a traceback",
+}
+
+
+@eventlet_only
+@BOTH_PATHS
+def test_a_protocol_error_ends_the_websocket_with_a_close_frame_and_its_code(start_server, direct_writes) -> None:
+    """1002 protocol error, 1007 invalid text, 1009 message too big: as eventlet's, simple-websocket's and Node's."""
+    server = start_server(DIRECT_WRITES=direct_writes)
+    bystander, _ = open_websocket(server)
+    cases = [case for case in PROTOCOL_ERRORS if direct_writes == "1" or case not in STOCK_DIFFERS]
+    seen = {}
+    for case in cases:
+        ws, handshake = open_websocket(server)
+        ws.sock.sendall(PROTOCOL_ERRORS[case][0](handshake))
+        seen[case] = close_code(ws)
+        ws.shutdown()  # the server has closed it: no closing handshake to wait for
+    assert seen == {case: PROTOCOL_ERRORS[case][1] for case in cases}
+    wait_for(lambda: socketio_streams(server) == 1, 10, "the connections to be freed, the bystander's kept")
+    event_id = post_event(server, "bystander")
+    assert json.loads(bystander.recv()[2:])[1]["id"] == event_id
+    bystander.close()
+    assert "Traceback" not in server.log()
+
+
+@eventlet_only
+def test_a_client_still_sending_when_its_websocket_is_closed_reads_the_close_frame_and_a_clean_end(
+        start_server) -> None:
+    """The server reads on until the client's own close frame: closed with unread input, it would reset the client.
+
+    (eventlet's websocket, on the stock path, closes at once: such a client is reset.)
+    """
+    server = start_server()
+    ws, _ = open_websocket(server)
+    ws.sock.sendall(b"\x81\x023x" + masked_frame(0x81, b"4" + b"x" * 100) * 2000)  # unmasked: 1002, then more
+    ws.sock.settimeout(10)
+    written = b""
+    while piece := ws.sock.recv(65536):  # a reset raises ConnectionResetError
+        written += piece
+    assert server_frames(written)[0][0] == 0x8
+    ws.sock.sendall(masked_frame(0x88, struct.pack("!H", 1002)))  # the client's side of the closing handshake
+    assert ws.sock.recv(65536) == b""
     ws.shutdown()
 
 
