@@ -15,7 +15,10 @@ def as_bool(value: str) -> bool:
 
 
 def as_int(value: str) -> int:
-    return int(value.strip())
+    try:
+        return int(value.strip())
+    except ValueError:
+        raise ValueError("expected a whole number") from None
 
 
 def as_positive_int(value: str) -> int:
@@ -26,7 +29,27 @@ def as_positive_int(value: str) -> int:
 
 
 def as_float(value: str) -> float:
-    return float(value.strip())
+    try:
+        return float(value.strip())
+    except ValueError:
+        raise ValueError("expected a number") from None
+
+
+def as_whole_seconds(value: str) -> int:
+    """A whole number of seconds, 1 or more: the Socket.IO ping settings.
+
+    python-engineio tells clients the ping interval cut to whole seconds (1.5 as
+    1000 ms), and socket.io-client then gives up on a server that pings as set;
+    the ping timeout keeps to the same unit.
+    """
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        seconds = 0.0
+    if not seconds.is_integer() or seconds < 1:
+        raise ValueError("expected a whole number of seconds, 1 or more: the Socket.IO ping settings are whole "
+                         "seconds")
+    return int(seconds)
 
 
 def as_list(value: str) -> list[str]:
@@ -134,8 +157,8 @@ SETTINGS: dict[str, tuple[Any, Callable[[str], Any]]] = {
     "NOTIFY_STOP_GRACE_SECONDS": (10.0, as_float),
     "SSE_HEARTBEAT_SECONDS": (15.0, as_float),
     "SSE_RETRY_MS": (2000, as_int),
-    "SOCKETIO_PING_INTERVAL": (25.0, as_float),
-    "SOCKETIO_PING_TIMEOUT": (20.0, as_float),
+    "SOCKETIO_PING_INTERVAL": (25, as_whole_seconds),
+    "SOCKETIO_PING_TIMEOUT": (20, as_whole_seconds),
     "STREAM_QUEUE_SIZE": (1000, as_int),
     "DIRECT_WRITES": (True, as_bool),
     "MAX_CONNECTIONS": (10000, as_int),
@@ -161,5 +184,5 @@ def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         try:
             config[name] = parse(raw)
         except ValueError as exc:
-            raise ValueError(f"invalid value for {name}: {raw!r}") from exc
+            raise ValueError(f"invalid value for {name}: {raw!r} ({exc})") from exc
     return config

@@ -37,7 +37,7 @@ from typing import Any
 
 from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
-from wsproto.frame_protocol import FrameProtocol, Opcode, ParseFailed
+from wsproto.frame_protocol import CloseReason, FrameProtocol, Opcode, ParseFailed
 
 from broker import Event, http_chunk
 
@@ -46,12 +46,14 @@ logger = logging.getLogger(__name__)
 FELL_BEHIND = "reader fell behind"
 GONE = "client went away"
 CLIENT_CLOSED = "client closed"
+PROTOCOL_ERROR = "protocol error"
 
 HEARTBEAT_CHUNK = http_chunk(b": heartbeat\n\n")
 END_CHUNK = b"0\r\n\r\n"  # the end of a chunked body
 WEBSOCKET_CLOSE = b"\x88\x00"  # a close frame without a status
 ENGINEIO_PONG = "3"  # the whole of an Engine.IO pong message (a text frame: wsproto gives its text)
 PING_TICK_SECONDS = 0.1  # pings go out in small groups this often, not all the second's at once
+CLOSING_HANDSHAKE_SECONDS = 2.0  # how long a websocket we close waits for the client's close frame
 _EMPTY_INPUT = io.BytesIO()
 
 
@@ -105,6 +107,14 @@ def websocket_frame(payload: bytes, binary: bool = False) -> bytes:
     else:
         header = struct.pack("!BBQ", first, 127, length)
     return header + payload
+
+
+def websocket_close(code: int | None = None, reason: str | None = None) -> bytes:
+    """A server's websocket close frame, with a status code (and a reason) or without."""
+    return bytes(_SERVER_FRAMES.close(code, reason))
+
+
+_SERVER_FRAMES = FrameProtocol(client=False, extensions=[])  # only to write frames: it keeps no state for that
 
 
 def take_over(green_socket: Any) -> socket.socket:
@@ -251,13 +261,21 @@ class LiveConnection:
         if self._drainer is not None:
             self._drainer.kill()
         hubs.get_hub().remove(self._listener)
-        if self.closed_reason not in (FELL_BEHIND, GONE) and not self._pending and self.farewell:
+        graceful = self.closed_reason not in (FELL_BEHIND, GONE) and not self._pending
+        if graceful and self.farewell:
             try:
                 self._raw.send(self.farewell)
             except OSError:
-                pass
-        self._raw.close()
-        self.ended()
+                graceful = False
+        try:
+            self.ended()
+        finally:
+            if graceful:
+                self._finish_closing()
+            self._raw.close()
+
+    def _finish_closing(self) -> None:
+        """What a graceful close does between the farewell and closing the socket."""
 
 
 class SSEWriter(LiveConnection):
@@ -358,7 +376,9 @@ class LiveWebSocket(LiveConnection):
 
     What Engine.IO sends (`put`) is encoded and written at once; what the
     client sends is parsed here (wsproto) and handed to Engine.IO in order,
-    by a green thread started when there is something to hand.
+    by a green thread started when there is something to hand. A protocol
+    error ends the connection with a close frame giving its status code
+    (`fail`), and a graceful close waits a little for the client's own.
     """
 
     farewell = WEBSOCKET_CLOSE
@@ -367,10 +387,20 @@ class LiveWebSocket(LiveConnection):
         super().__init__(raw, max_pending)
         self._owner = owner
         self.eio_socket = eio_socket
-        self._frames = FrameProtocol(client=False, extensions=[])
+        self._frames: FrameProtocol | None = FrameProtocol(client=False, extensions=[])  # None once unreadable
         self._parts: list[Any] = []  # of a message in several frames
+        self._size = 0  # of those parts
         self._inbox: deque[Any] = deque()
         self._handing = False
+        self._client_closed = False  # its close frame came
+
+    def fail(self, code: int, why: str) -> None:
+        """End the connection with a close frame giving code (a protocol error, a message too big) and why."""
+        if self.closed_reason is not None:
+            return
+        logger.info("closing Socket.IO connection %s: %s", self.eio_socket.sid, why)
+        self.farewell = websocket_close(code, why)
+        self.close(PROTOCOL_ERROR)
 
     # -- the queue interface Engine.IO sends through ------------------------
 
@@ -397,30 +427,25 @@ class LiveWebSocket(LiveConnection):
     # -- what the client sends ---------------------------------------------
 
     def received(self, data: bytes) -> None:
-        self._frames.receive_bytes(data)
+        frames = self._frames
+        if frames is None:
+            return
+        frames.receive_bytes(data)
         try:
-            for frame in self._frames.received_frames():
+            for frame in frames.received_frames():
                 if frame.opcode is Opcode.PING:
-                    self.send(bytes(self._frames.pong(frame.payload)))  # type: ignore[arg-type]
+                    self.send(bytes(frames.pong(frame.payload)))  # type: ignore[arg-type]
                 elif frame.opcode is Opcode.CLOSE:
+                    self._client_closed = True
+                    if self.closed_reason is None:
+                        self.farewell = websocket_close(frame.payload[0])  # type: ignore[index]  # its code, echoed
                     self.close(CLIENT_CLOSED)
                     return
-                elif frame.opcode is not Opcode.PONG:
-                    self._parts.append(frame.payload)
-                    if sum(map(len, self._parts)) > self._owner.max_message:
-                        self.close(GONE)
-                        return
-                    if frame.message_finished:
-                        parts, self._parts = self._parts, []
-                        message = parts[0][:0].join(parts)
-                        if message == ENGINEIO_PONG and not self._inbox:
-                            # All Engine.IO does with a pong (schedule the next ping, see
-                            # LiveWebSockets) cannot wait: done here, without a green thread each.
-                            self.eio_socket.schedule_ping()
-                        else:
-                            self._inbox.append(message)
-        except ParseFailed:
-            self.close(GONE)
+                elif frame.opcode is not Opcode.PONG and self.closed_reason is None:
+                    self._add(frame)
+        except ParseFailed as exc:
+            self._frames = None
+            self.fail(exc.code, f"websocket protocol error: {exc}")
             return
         if self._inbox and not self._handing:
             from eventlet import spawn_n
@@ -428,19 +453,64 @@ class LiveWebSocket(LiveConnection):
             self._handing = True
             spawn_n(self._hand_over)
 
+    def _add(self, frame: Any) -> None:
+        """Add a data frame (or part of one) to the message it belongs to; a whole message goes to Engine.IO."""
+        self._parts.append(frame.payload)
+        self._size += len(frame.payload)
+        if self._size > self._owner.max_message:
+            self._parts, self._size = [], 0
+            self.fail(CloseReason.MESSAGE_TOO_BIG, f"a message over {self._owner.max_message} bytes")
+        elif frame.message_finished:
+            parts, self._parts, self._size = self._parts, [], 0
+            message = parts[0][:0].join(parts)
+            if message == ENGINEIO_PONG and not self._inbox:
+                # All Engine.IO does with a pong (schedule the next ping, see
+                # LiveWebSockets) cannot wait: done here, without a green thread each.
+                self.eio_socket.schedule_ping()
+            else:
+                self._inbox.append(message)
+
     def _hand_over(self) -> None:
         """Give Engine.IO the client's packets, in order (own green thread: its handlers may wait)."""
         try:
             while self._inbox and self.closed_reason is None:
                 try:
-                    self.eio_socket.receive(eio_packet.Packet(encoded_packet=self._inbox.popleft()))
+                    pkt = eio_packet.Packet(encoded_packet=self._inbox.popleft())
+                except ValueError:  # not an Engine.IO packet: Node ends the connection too
+                    self.fail(CloseReason.PROTOCOL_ERROR, "not an Engine.IO packet")
+                    return
+                try:
+                    self.eio_socket.receive(pkt)
                 except eio_exceptions.UnknownPacketError:
                     continue  # as Engine.IO's own reader: ignored
-                except Exception:  # noqa: BLE001 - a bad packet ends this connection, not the server
-                    logger.info("closing Socket.IO connection %s: unreadable packet", self.eio_socket.sid)
-                    self.close(GONE)
+                except Exception:  # noqa: BLE001 - logged, and it ends this connection, not the server
+                    logger.exception("Socket.IO connection %s: error in receiving a packet", self.eio_socket.sid)
+                    self.fail(CloseReason.INTERNAL_ERROR, "internal error")
         finally:
             self._handing = False
+
+    def _finish_closing(self) -> None:
+        """The rest of the closing handshake: wait (a little) for the client's close frame, reading what comes.
+
+        Closing a socket with unread input resets the connection, and the client
+        may then never read the close frame it was sent.
+        """
+        from eventlet.hubs import trampoline
+
+        try:
+            self._raw.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + CLOSING_HANDSHAKE_SECONDS
+            while not self._client_closed and (left := deadline - time.monotonic()) > 0:
+                trampoline(self._raw, read=True, timeout=left, timeout_exc=TimeoutError)
+                try:
+                    data = self._raw.recv(65536)
+                except BlockingIOError:
+                    continue
+                if not data:
+                    return
+                self.received(data)  # the connection is closed: only a close frame counts
+        except OSError:  # gone, or too slow (TimeoutError)
+            pass
 
     def ended(self) -> None:
         self._owner.forget(self)
@@ -468,7 +538,9 @@ class LiveWebSockets:
         self.max_pending = max_pending
         self.max_message = int(self.eio.max_http_buffer_size)
         self._by_sid: dict[str, LiveWebSocket] = {}
-        self._pings: list[tuple[float, int, Any]] = []  # a heap of (when due, tie-break, Engine.IO socket)
+        # A heap of (when due, tie-break, Engine.IO socket, None) for the next ping, and of
+        # (when due, tie-break, Engine.IO socket, when pinged) for the deadline of its pong.
+        self._pings: list[tuple[float, int, Any, float | None]] = []
         self._order = itertools.count()
         self._stopping = threading.Event()
         self._pinging = False
@@ -511,7 +583,7 @@ class LiveWebSockets:
         self._stopping.set()
 
     def _noted(self, eio_socket: Any) -> None:
-        """A new Engine.IO socket: its pings come from the one green thread."""
+        """A new Engine.IO socket: its pings, and the end of those it leaves unanswered, come from one green thread."""
 
         def schedule_ping() -> None:  # as Engine.IO's: after the previous ping's pong
             if eio_socket.last_ping:
@@ -519,7 +591,7 @@ class LiveWebSockets:
                 # A little early at random, so that clients that came together (after a
                 # restart, say) are not all pinged, and do not all answer, at once.
                 due = time.time() + self.eio.ping_interval * random.uniform(0.75, 1.0)
-                heapq.heappush(self._pings, (due, next(self._order), eio_socket))
+                heapq.heappush(self._pings, (due, next(self._order), eio_socket, None))
 
         eio_socket.schedule_ping = schedule_ping
         if not self._pinging:
@@ -530,16 +602,36 @@ class LiveWebSockets:
         # Every tick sends the pings now due, a few at a time: sent a second's worth at
         # once, they (and the pongs that come straight back) stalled the server for
         # several ms, which showed in the tail of every client's latency.
+        # Each ping puts its deadline in the same heap: a client that has not answered
+        # by then is dropped at that tick (Engine.IO's own check comes once per
+        # ping timeout, up to a whole ping timeout late).
         pings = self._pings
         while not self._stopping.wait(PING_TICK_SECONDS):
             now, ping = time.time(), eio_packet.Packet(eio_packet.PING)
-            due = []
+            due, unanswered = [], []
             while pings and pings[0][0] <= now:
-                due.append(heapq.heappop(pings)[2])
+                _, _, eio_socket, pinged_at = heapq.heappop(pings)
+                if pinged_at is None:
+                    due.append(eio_socket)
+                elif eio_socket.last_ping == pinged_at:  # a pong sets it to None, the next ping to its time
+                    unanswered.append(eio_socket)
+            for eio_socket in unanswered:
+                self._ping_timed_out(eio_socket)
             for eio_socket in _yielding(due, batch=32):
                 if not eio_socket.closing and not eio_socket.closed:
                     eio_socket.last_ping = now
                     eio_socket.send(ping)
+                    deadline = now + self.eio.ping_timeout
+                    heapq.heappush(pings, (deadline, next(self._order), eio_socket, now))
+
+    def _ping_timed_out(self, eio_socket: Any) -> None:
+        """End a connection whose client did not answer its ping within the ping timeout (as Engine.IO does)."""
+        if eio_socket.closing or eio_socket.closed:
+            return
+        logger.info("closing Socket.IO connection %s: no pong within %s s of its ping",
+                    eio_socket.sid, self.eio.ping_timeout)
+        # Engine.IO's own ping timeout sends no CLOSE packet either: the transport just ends.
+        eio_socket.close(wait=False, abort=True, reason=self.eio.reason.PING_TIMEOUT)
 
     def _serve(self, eio_socket: Any, ws: Any, handler: Any) -> Any:
         """Set the websocket transport up as Engine.IO does, then take the connection over."""
@@ -562,21 +654,42 @@ class LiveWebSockets:
                 connection.put(pkt)
         return []
 
-    @staticmethod
-    def _upgrade(eio_socket: Any, ws: Any) -> bool:
-        """The probe and upgrade of a connection that began with long-polling (as Engine.IO does it)."""
+    def _upgrade(self, eio_socket: Any, ws: Any) -> bool:
+        """The probe and upgrade of a connection that began with long-polling (as Engine.IO does it).
+
+        Anything else, or nothing within a ping interval and timeout, ends the
+        websocket, and the session goes on over long-polling (as Engine.IO and
+        Node do).
+        """
         eio_socket.upgrading = True  # packets wait in the queue meanwhile
-        probe = eio_packet.Packet(encoded_packet=ws.wait() or "6")
-        if probe.packet_type != eio_packet.PING or probe.data != "probe":
+        timeout = ws.socket.gettimeout()
+        ws.socket.settimeout(self.eio.ping_interval + self.eio.ping_timeout)
+        try:
+            probe = self._next_packet(ws)
+            if probe is None or probe.packet_type != eio_packet.PING or probe.data != "probe":
+                return False
+            try:
+                ws.send(eio_packet.Packet(eio_packet.PONG, data="probe").encode())
+            except OSError:
+                return False
+            eio_socket.queue.put(eio_packet.Packet(eio_packet.NOOP))  # ends the pending poll
+            upgrade = self._next_packet(ws)
+            return upgrade is not None and upgrade.packet_type == eio_packet.UPGRADE
+        finally:
             eio_socket.upgrading = False
-            return False
-        ws.send(eio_packet.Packet(eio_packet.PONG, data="probe").encode())
-        eio_socket.queue.put(eio_packet.Packet(eio_packet.NOOP))  # ends the pending poll
-        upgrade = eio_packet.Packet(encoded_packet=ws.wait() or "6")
-        if upgrade.packet_type != eio_packet.UPGRADE:
-            eio_socket.upgrading = False
-            return False
-        return True
+            ws.socket.settimeout(timeout)
+
+    @staticmethod
+    def _next_packet(ws: Any) -> Any | None:
+        """The client's next Engine.IO packet on a websocket eventlet still serves; None if none came readable."""
+        try:
+            data = ws.wait()  # None when the client closed it; eventlet answers a broken frame with a close frame
+        except (OSError, ValueError):  # gone, silent too long, or text that is not UTF-8 (eventlet sent 1011)
+            return None
+        try:
+            return None if data is None else eio_packet.Packet(encoded_packet=data)
+        except ValueError:  # not an Engine.IO packet
+            return None
 
     def _slim_environ(self, eio_sid: str) -> None:
         """Drop what the connection's request environment holds of eventlet's request objects.

@@ -180,45 +180,22 @@ def test_a_client_that_starts_on_long_polling_upgrades_and_keeps_every_feature(l
     wait_for(lambda: _healthz_streams(live_server)["socketio"] == 0, 10, "the connection to be freed")
 
 
-def test_pings_keep_a_websocket_alive_and_a_client_that_stops_answering_is_dropped(start_server) -> None:
-    server = start_server(SOCKETIO_PING_INTERVAL="0.5", SOCKETIO_PING_TIMEOUT="1")
-    ws = websocket.create_connection(f"ws://127.0.0.1:{server.port}/socket.io/?EIO=4&transport=websocket",
-                                     timeout=10)
-    assert ws.recv().startswith("0{")  # Engine.IO open
-    ws.send("40" + json.dumps({"token": server.token}))
-    assert ws.recv().startswith("40{")  # Socket.IO connect accepted
-    for _ in range(4):
-        assert ws.recv() == "2"  # ping
-        ws.send("3")  # pong
-    assert _healthz_streams(server)["socketio"] == 1
-    assert ws.recv() == "2"  # not answered, this time
-    received = []
-    try:
-        while message := ws.recv():
-            received.append(message)
-    except websocket.WebSocketConnectionClosedException:
-        pass
-    assert set(received) <= {"1"}, received  # at most Engine.IO's close packet, then the connection ends
-    wait_for(lambda: _healthz_streams(server)["socketio"] == 0, 10, "the silent client to be dropped")
-    ws.close()
-
-
 def test_pings_keep_to_the_ping_interval_and_pongs_are_answered_where_they_are_read(start_server) -> None:
-    # Pings go out from a heap read every 0.1 s; read once a second, as before, the
-    # same 0.5 s interval stretched to a full second, a second's pings went out at once.
-    server = start_server(SOCKETIO_PING_INTERVAL="0.5", SOCKETIO_PING_TIMEOUT="5")
+    # Pings go out from a heap read every 0.1 s; read once a second, the 1 s interval
+    # stretched to 1.25-2 s, and a second's pings went out at once.
+    server = start_server(SOCKETIO_PING_INTERVAL="1", SOCKETIO_PING_TIMEOUT="5")
     ws = websocket.create_connection(f"ws://127.0.0.1:{server.port}/socket.io/?EIO=4&transport=websocket",
                                      timeout=10)
     assert ws.recv().startswith("0{")
     ws.send("40" + json.dumps({"token": server.token}))
     assert ws.recv().startswith("40{")
     pinged = []
-    for _ in range(8):
+    for _ in range(6):
         assert ws.recv() == "2"
         pinged.append(time.monotonic())
         ws.send("3")
     gaps = [b - a for a, b in zip(pinged, pinged[1:], strict=False)]
-    assert sum(gaps) / len(gaps) < 0.8, gaps  # 0.375 to 0.5 s each, plus at most a tick
+    assert sum(gaps) / len(gaps) < 1.2, gaps  # 0.75 to 1 s each, plus at most a tick
     assert _healthz_streams(server)["socketio"] == 1
     ws.close()
 
@@ -289,10 +266,10 @@ def test_a_client_sending_nonsense_over_its_websocket_harms_no_one(live_server) 
     odd, broken, bystander = opened(), opened(), live_server.socketio()
     odd.send("9whatever")  # no such Engine.IO packet type: ignored
     odd.send("42[unclosed")  # a Socket.IO event that is not JSON: Socket.IO drops it
-    broken.send("xyz")  # not an Engine.IO packet at all: the connection ends
-    with pytest.raises(websocket.WebSocketConnectionClosedException):
-        while broken.recv():
-            pass
+    broken.send("xyz")  # not an Engine.IO packet at all: the connection ends, with a close frame (1002)
+    opcode, data = broken.recv_data(control_frame=True)
+    assert (opcode, struct.unpack("!H", data[:2])[0]) == (websocket.ABNF.OPCODE_CLOSE, 1002)
+    broken.shutdown()
     event_id = post(live_server, "nonsense")
     assert json.loads(odd.recv()[2:])[1]["id"] == event_id
     bystander.wait_for_events(1)
