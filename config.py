@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -18,6 +19,14 @@ def as_int(value: str) -> int:
 
 def as_float(value: str) -> float:
     return float(value.strip())
+
+
+def as_seconds(value: str) -> float:
+    """A positive, finite number of seconds."""
+    seconds = float(value.strip())
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError("expected a positive number of seconds")
+    return seconds
 
 
 def as_list(value: str) -> list[str]:
@@ -76,6 +85,8 @@ SETTINGS: dict[str, tuple[Any, Callable[[str], Any]]] = {
     "STREAM_QUEUE_SIZE": (1000, as_int),
     "DIRECT_WRITES": (True, as_bool),
     "MAX_CONNECTIONS": (10000, as_int),
+    "HEADER_TIMEOUT_SECONDS": (10.0, as_seconds),
+    "KEEPALIVE_IDLE_SECONDS": (75.0, as_seconds),
     "MAX_CONTENT_LENGTH": (64 * 1024, as_int),
     "AUTH_DISABLED": (False, as_bool),
     "RATE_LIMIT_WRITES": ("120 per minute", as_str),
