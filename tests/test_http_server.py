@@ -6,6 +6,7 @@ Every test talks to the real server (eventlet, or gevent with TEST_ASYNC_MODE=ge
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import socketio
 from support import ROOT, free_port, wait_for
 
 HEAD = b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+ASYNC_MODE = os.environ.get("TEST_ASYNC_MODE", "eventlet")
 
 
 @dataclass
@@ -265,6 +267,57 @@ def test_a_bad_websocket_handshake_gets_the_json_error_shape(live_server, handsh
         answer = read_response(sock)
     assert answer.status in (400, 426), (answer.status, answer.body)
     assert answer.error()["code"] in ("bad_request", "upgrade_required")
+
+
+# The guarded server with an app whose streamed body fails before its first byte (nothing in the service does).
+FAILING_APP_SERVER = """
+import sys
+mode, port = sys.argv[1], int(sys.argv[2])
+if mode == "eventlet":
+    import eventlet
+    eventlet.monkey_patch()
+else:
+    from gevent import monkey
+    monkey.patch_all()
+import httpserver
+
+def app(environ, start_response):
+    def body():
+        raise RuntimeError("internal-7f3a9c")
+        yield b""
+    start_response("200 OK", [("Content-Type", "text/event-stream")])
+    return body()
+
+httpserver.serve(app, "127.0.0.1", port, mode, max_connections=10, limits=httpserver.Limits(10, 75))
+"""
+
+
+def test_an_error_escaping_the_app_is_answered_without_its_traceback(tmp_path):
+    """gevent answers with the JSON shape; eventlet writes this 500 itself, with an empty body (see INTERNALS)."""
+    port = free_port()
+    with open(tmp_path / "server.log", "wb") as log:
+        process = subprocess.Popen([sys.executable, "-c", FAILING_APP_SERVER, ASYNC_MODE, str(port)], cwd=ROOT,
+                                   stdout=log, stderr=log)
+    try:
+        def listening() -> bool:
+            assert process.poll() is None, (tmp_path / "server.log").read_text()
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return True
+            except OSError:
+                return False
+
+        wait_for(listening, 30, "the server to listen")
+        answer = exchange(port, b"GET /stream HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    finally:
+        process.kill()
+        process.wait()
+    assert answer.status == 500
+    assert b"internal-7f3a9c" not in answer.body and b"Traceback" not in answer.body
+    if ASYNC_MODE == "gevent":
+        assert answer.error()["code"] == "internal_error"
+    else:
+        assert answer.body == b""
 
 
 @pytest.mark.parametrize("name, value", [("HEADER_TIMEOUT_SECONDS", "0"), ("KEEPALIVE_IDLE_SECONDS", "soon")])
