@@ -36,6 +36,7 @@ import db
 import edge
 import errors
 import heap
+import httpserver
 import metrics
 import migrate
 import notifications
@@ -134,20 +135,6 @@ def raise_open_files_limit(wanted: int) -> int:
     return soft
 
 
-def _lean_protocol() -> type:
-    """eventlet's HTTP handler with 1 KiB buffers instead of 8 + 16 KiB, most of an idle stream's memory.
-
-    Requests and answers of the API are small; larger bodies bypass the buffers.
-    """
-    from eventlet import wsgi
-
-    class LeanHttpProtocol(wsgi.HttpProtocol):
-        rbufsize = 1024
-        wbufsize = 1024
-
-    return LeanHttpProtocol
-
-
 def main() -> None:
     try:
         settings = load_config()
@@ -187,10 +174,12 @@ def main() -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     logger.info("serving on http://%s:%s (%s)", settings["HOST"], settings["PORT"], mode)
-    server_options = {}
-    if mode == "eventlet":
-        server_options = {"max_size": settings["MAX_CONNECTIONS"], "protocol": _lean_protocol()}
-    socketio.run(app, host=settings["HOST"], port=settings["PORT"], log_output=False, **server_options)
+    if mode == "threading":
+        socketio.run(app, host=settings["HOST"], port=settings["PORT"], log_output=False)
+    else:
+        limits = httpserver.Limits(settings["HEADER_TIMEOUT_SECONDS"], settings["KEEPALIVE_IDLE_SECONDS"])
+        httpserver.serve(app, settings["HOST"], settings["PORT"], mode, max_connections=settings["MAX_CONNECTIONS"],
+                         limits=limits)
     _stop_and_exit()
 
 

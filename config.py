@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -50,6 +51,14 @@ def as_whole_seconds(value: str) -> int:
         raise ValueError("expected a whole number of seconds, 1 or more: the Socket.IO ping settings are whole "
                          "seconds")
     return int(seconds)
+
+
+def as_seconds(value: str) -> float:
+    """A positive, finite number of seconds."""
+    seconds = float(value.strip())
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError("expected a positive number of seconds")
+    return seconds
 
 
 def as_list(value: str) -> list[str]:
@@ -162,6 +171,8 @@ SETTINGS: dict[str, tuple[Any, Callable[[str], Any]]] = {
     "STREAM_QUEUE_SIZE": (1000, as_int),
     "DIRECT_WRITES": (True, as_bool),
     "MAX_CONNECTIONS": (10000, as_int),
+    "HEADER_TIMEOUT_SECONDS": (10.0, as_seconds),
+    "KEEPALIVE_IDLE_SECONDS": (75.0, as_seconds),
     "MAX_CONTENT_LENGTH": (64 * 1024, as_int),
     "AUTH_DISABLED": (False, as_bool),
     "RATE_LIMIT_WRITES": ("120 per minute", as_str),

@@ -1,0 +1,397 @@
+"""The HTTP server of `python app.py`: eventlet's or gevent's, guarded against hostile clients.
+
+Each server's request handler is subclassed here so that
+
+- a request's head (request line and headers) arrives within `header_timeout` seconds
+  of the connection or, on a kept-alive connection, of the request's first byte; past
+  that the connection is closed, with a 408 answer when part of a request had come;
+- a kept-alive connection waits at most `keepalive_idle` seconds for its next request;
+- every answer the server writes itself, before the app sees the request (request line
+  too long, headers too long or too many, a malformed request line, a Content-Length
+  that cannot be trusted, under gevent a broken websocket handshake or an error escaping
+  the app), has the service's JSON error shape.
+
+No limit applies once the head has arrived: responses, SSE streams, websockets and
+long polls last as long as they need (nor is a slow request body bounded here).
+
+This module is the one place that reaches into the servers' internals (eventlet 0.41,
+gevent 26 with gevent-websocket 0.10); INTERNALS names each of them.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass
+from email.message import Message
+from http import HTTPStatus
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+# The limits of eventlet's own parser (gevent's are looser), applied under both servers.
+MAX_REQUEST_LINE = 8192  # bytes, with its line end
+MAX_HEADER_LINE = 8192
+MAX_HEADER_BYTES = 65536
+MAX_HEADERS = 100
+
+CODES = {
+    400: "bad_request",
+    408: "request_timeout",
+    414: "uri_too_long",
+    426: "upgrade_required",
+    431: "headers_too_large",
+    500: "internal_error",
+    505: "http_version_not_supported",
+}
+MESSAGES = {
+    400: "malformed request",
+    408: "the request's headers did not arrive in time",
+    414: f"request line longer than {MAX_REQUEST_LINE} bytes",
+    431: f"request headers too large (at most {MAX_HEADERS} lines of {MAX_HEADER_LINE} bytes, "
+         f"{MAX_HEADER_BYTES} bytes in all)",
+    500: "internal server error",
+}
+
+# What this module relies on that the servers do not document as public, for a start-up self-check.
+INTERNALS = {
+    "eventlet": (
+        "eventlet.wsgi.HttpProtocol (passed as protocol=): handle_one_request reads the request line with "
+        "_read_request_line(), then parse_request() (the stdlib's, which answers with send_error()), then calls "
+        "handle_one_response(); it lets a green Timeout raised in a read pass",
+        "eventlet.wsgi.HttpProtocol._read_request_line (private), server.url_length_limit",
+        "eventlet.wsgi.HeaderLineTooLong and HeadersTooLarge, raised out of parse_request()",
+        "HttpProtocol attributes rfile (a buffered reader: peek), wfile, close_connection, headers, command",
+    ),
+    "gevent": (
+        "gevent.pywsgi.WSGIHandler, through geventwebsocket.handler.WebSocketHandler (handler_class=): "
+        "handle_one_request returns None, True or (status, response bytes); read_request() parses the head "
+        "with MessageClass(rfile, 0) and raises ValueError on a bad one; handle_one_response()",
+        "gevent.pywsgi.WSGIHandler._send_error_response_if_possible (private), response_length",
+        "WebSocketHandler.upgrade_websocket and SUPPORTED_VERSIONS",
+        "WSGIHandler attributes rfile (a buffered reader: peek), command, request_version, environ",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Limits:
+    header_timeout: float  # seconds for a request's head
+    keepalive_idle: float  # seconds a kept-alive connection waits for its next request
+
+
+class Refusal(ValueError):
+    """A request the server answers itself, before the app: a status, its stable code and a message.
+
+    A ValueError, which is how gevent's server takes a client's mistake (logged without a traceback).
+    """
+
+    def __init__(self, status: int, message: str | None = None, headers: tuple[tuple[str, str], ...] = ()) -> None:
+        self.status = status
+        self.message = message or MESSAGES.get(status) or HTTPStatus(status).phrase
+        self.headers = headers
+        super().__init__(self.message)
+
+    @property
+    def code(self) -> str:
+        return CODES.get(self.status, "error")
+
+    def body(self) -> bytes:
+        return json.dumps({"error": {"code": self.code, "message": self.message, "details": []}}).encode()
+
+    def wsgi(self) -> tuple[str, list[tuple[str, str]], bytes]:
+        """Status line, headers and body, for a WSGI start_response; the connection closes after it."""
+        body = self.body()
+        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))), ("Connection", "close"),
+                   *self.headers]
+        return f"{self.status} {HTTPStatus(self.status).phrase}", headers, body
+
+    def http(self, head_only: bool = False) -> bytes:
+        """The whole HTTP/1.1 response (without its body, for a HEAD request)."""
+        status, headers, body = self.wsgi()
+        head = "".join(f"{name}: {value}\r\n" for name, value in headers)
+        return f"HTTP/1.1 {status}\r\n{head}\r\n".encode("latin-1") + (b"" if head_only else body)
+
+
+def check_framing(headers: Message) -> Refusal | None:
+    """Refuse a body length that a proxy in front might read differently (a request smuggled past it)."""
+    lengths = headers.get_all("Content-Length") or []
+    if lengths:
+        value = lengths[0].strip()
+        if len(lengths) > 1 or not (value.isascii() and value.isdigit()):
+            return Refusal(400, "Content-Length must be given once, as a decimal number")
+        if "Transfer-Encoding" in headers:
+            return Refusal(400, "Content-Length and Transfer-Encoding must not come together")
+    return None
+
+
+def websocket_refusal(environ: dict[str, Any], request_version: str, versions: tuple[str, ...]) -> Refusal | None:
+    """What is wrong with a websocket handshake (None: nothing, or not a handshake at all)."""
+    if (environ.get("REQUEST_METHOD") != "GET" or environ.get("HTTP_UPGRADE", "").lower() != "websocket"
+            or "upgrade" not in environ.get("HTTP_CONNECTION", "").lower()):
+        return None
+    if request_version != "HTTP/1.1":
+        return Refusal(400, "a websocket handshake needs HTTP/1.1")
+    if environ.get("HTTP_SEC_WEBSOCKET_VERSION") not in versions:
+        supported = ", ".join(versions)
+        return Refusal(426, f"websocket version must be one of {supported}", (("Sec-WebSocket-Version", supported),))
+    try:
+        valid = len(base64.b64decode(environ.get("HTTP_SEC_WEBSOCKET_KEY", "").strip(), validate=True)) == 16
+    except binascii.Error:
+        valid = False
+    return None if valid else Refusal(400, "Sec-WebSocket-Key must be 16 bytes in base64")
+
+
+class _LimitedHead:
+    """A reader of a request's header lines that refuses one too long, too many, or too many bytes in all."""
+
+    def __init__(self, rfile: Any) -> None:
+        self._rfile = rfile
+        self._bytes = 0
+        self._lines = 0
+
+    def readline(self, _limit: int = -1) -> bytes:
+        line = self._rfile.readline(MAX_HEADER_LINE)
+        self._bytes += len(line)
+        if line not in (b"\r\n", b"\n", b""):
+            self._lines += 1
+        if len(line) >= MAX_HEADER_LINE or self._bytes > MAX_HEADER_BYTES or self._lines > MAX_HEADERS:
+            raise Refusal(431)
+        return line
+
+
+class _HeadDeadline:
+    """The wait for a request's head, bounded; mixed into each server's request handler.
+
+    The first request of a connection has header_timeout from the connection for its
+    whole head; a later one has keepalive_idle to begin, then header_timeout for the rest.
+    The deadline is lifted when the head is parsed (handle_one_response).
+    """
+
+    header_timeout = 10.0
+    keepalive_idle = 75.0
+    _timeout_class: type[BaseException]  # the server's green Timeout
+    _served = 0  # requests begun on this connection
+    _deadline: Any = None
+    rfile: Any
+
+    @staticmethod
+    def _start_timer(seconds: float) -> Any:
+        """A started green Timeout of the server's library."""
+        raise NotImplementedError
+
+    def _await_head(self) -> bool:
+        """Wait for the next request's first byte: False when the client left or sent nothing in time."""
+        if self.rfile.closed:
+            return False
+        started = time.monotonic()
+        first = not self._served
+        timer = self._start_timer(self.header_timeout if first else self.keepalive_idle)
+        try:
+            arrived = bool(self.rfile.peek(1))
+        except self._timeout_class as exc:
+            if exc is not timer:
+                raise
+            return False
+        except OSError:  # reset by the client
+            return False
+        finally:
+            timer.cancel()
+        if not arrived:
+            return False
+        self._served += 1
+        left = self.header_timeout - (time.monotonic() - started if first else 0.0)
+        self._deadline = self._start_timer(max(left, 0.0))
+        return True
+
+    def _timed_out(self, exc: BaseException) -> bool:
+        return exc is self._deadline
+
+    def _log_refusal(self, refusal: Refusal, client: Any) -> None:
+        logger.info("refused a request from %s: %s %s", client, refusal.status, refusal.message)
+
+
+def eventlet_protocol(limits: Limits) -> type:
+    """eventlet's HTTP handler, guarded, with 1 KiB buffers instead of 8 + 16 KiB (most of an idle stream's memory).
+
+    Requests and answers of the API are small; larger bodies bypass the buffers.
+    """
+    import eventlet
+    from eventlet import wsgi
+
+    class GuardedHttpProtocol(_HeadDeadline, wsgi.HttpProtocol):
+        rbufsize = 1024
+        wbufsize = 1024
+        header_timeout = limits.header_timeout
+        keepalive_idle = limits.keepalive_idle
+        _timeout_class = eventlet.Timeout
+        _start_timer = staticmethod(eventlet.Timeout)
+
+        def handle_one_request(self) -> None:
+            if not self._await_head():
+                self.close_connection = 1
+                return
+            try:
+                super().handle_one_request()
+            except eventlet.Timeout as exc:
+                if not self._timed_out(exc):
+                    raise
+                self._refuse(Refusal(408))
+            finally:
+                self._deadline.cancel()
+
+        def handle_one_response(self) -> None:
+            self._deadline.cancel()  # the head is in: the app takes the time it needs
+            super().handle_one_response()
+
+        def _read_request_line(self) -> bytes | str:
+            line = super()._read_request_line()
+            if len(line) >= self.server.url_length_limit:
+                self._refuse(Refusal(414))
+                return b""  # handle_one_request ends the connection
+            return line
+
+        def parse_request(self) -> bool:
+            try:
+                if not super().parse_request():
+                    return False
+            except (wsgi.HeaderLineTooLong, wsgi.HeadersTooLarge):
+                self._refuse(Refusal(431))
+                return False
+            refusal = check_framing(self.headers)
+            if refusal is not None:
+                self._refuse(refusal)
+                return False
+            return True
+
+        def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+            """The stdlib's error answer (malformed request line, too many headers), as JSON."""
+            self._refuse(Refusal(int(code), f"{message}: {explain}" if message and explain else message))
+
+        def _refuse(self, refusal: Refusal) -> None:
+            self.close_connection = 1
+            self._log_refusal(refusal, self.client_address)
+            try:
+                self.wfile.write(refusal.http(head_only=getattr(self, "command", None) == "HEAD"))
+                self.wfile.flush()
+            except OSError:
+                pass  # the client is gone
+
+    return GuardedHttpProtocol
+
+
+def gevent_handler(limits: Limits) -> type:
+    """gevent's HTTP handler (gevent-websocket's, as Flask-SocketIO uses when installed), guarded."""
+    import gevent
+    from gevent import pywsgi
+
+    try:
+        from geventwebsocket.handler import WebSocketHandler as base
+    except ImportError:
+        base = pywsgi.WSGIHandler
+
+    class GuardedHandler(_HeadDeadline, base):  # type: ignore[misc, valid-type]
+        header_timeout = limits.header_timeout
+        keepalive_idle = limits.keepalive_idle
+        _timeout_class = gevent.Timeout
+        _start_timer = staticmethod(gevent.Timeout.start_new)
+        _refusal: Refusal | None = None
+
+        def handle_one_request(self) -> Any:
+            if not self._await_head():
+                return None
+            self._refusal = None
+            try:
+                result = super().handle_one_request()
+            except gevent.Timeout as exc:
+                if not self._timed_out(exc):
+                    raise
+                return self._refuse(Refusal(408))
+            finally:
+                self._deadline.cancel()
+            if isinstance(result, tuple):  # gevent's own answer to a bad request: (status, response)
+                # gevent has logged the requests read_request refused; not the others (414).
+                return self._refuse(self._refusal or Refusal(int(result[0])), log=self._refusal is None)
+            return result
+
+        def handle_one_response(self) -> None:
+            self._deadline.cancel()  # the head is in: the app takes the time it needs
+            super().handle_one_response()
+
+        def read_request(self, raw_requestline: str) -> bool:
+            try:
+                version = re.fullmatch(r"HTTP/(\d+)\.(\d+)", (raw_requestline.split() or [""])[-1])
+                if version and int(version[1]) >= 2:
+                    raise Refusal(505, f"HTTP version {version[1]}.{version[2]} is not supported")
+                return super().read_request(raw_requestline)
+            except ValueError as exc:  # how gevent refuses a request: its handle_one_request answers 400
+                message = getattr(exc, "formatted_message", None)  # gevent's own; not that of a failed int()
+                self._refusal = exc if isinstance(exc, Refusal) else Refusal(400, message)
+                raise
+
+        def MessageClass(self, fp: Any, *args: Any) -> Any:  # noqa: N802 - gevent's name
+            headers = super().MessageClass(_LimitedHead(fp), *args)
+            refusal = check_framing(headers)
+            if refusal is not None:
+                raise refusal
+            return headers
+
+        def upgrade_websocket(self) -> Any:
+            refusal = websocket_refusal(self.environ, self.request_version, getattr(self, "SUPPORTED_VERSIONS", ()))
+            if refusal is None:
+                return super().upgrade_websocket()
+            self._log_refusal(refusal, self.client_address)
+            status, headers, body = refusal.wsgi()
+            self.start_response(status, headers)
+            return [body]
+
+        def _send_error_response_if_possible(self, error_code: int) -> None:
+            if self.response_length:
+                self.close_connection = True
+                return
+            status, headers, body = Refusal(error_code).wsgi()
+            try:
+                self.start_response(status, headers)
+                self.write(body)
+            except OSError:
+                self.close_connection = True
+
+        def _refuse(self, refusal: Refusal, log: bool = True) -> tuple[str, bytes]:
+            if log:
+                self._log_refusal(refusal, self.client_address)
+            return str(refusal.status), refusal.http(head_only=self.command == "HEAD")
+
+    return GuardedHandler
+
+
+def serve(app: Any, host: str, port: int, mode: str, *, max_connections: int, limits: Limits) -> None:
+    """Serve the WSGI app on host:port with eventlet's or gevent's server, guarded, until the process stops."""
+    if mode == "eventlet":
+        _serve_eventlet(app, host, port, max_connections, limits)
+    elif mode == "gevent":
+        _serve_gevent(app, host, port, limits)
+    else:
+        raise ValueError(f"no guarded server for {mode!r}")
+
+
+def _serve_eventlet(app: Any, host: str, port: int, max_connections: int, limits: Limits) -> None:
+    # As Flask-SocketIO's run() does, with the guarded protocol and no traceback in a 500's body (debug=False).
+    import eventlet
+    from eventlet import wsgi
+    from eventlet.green import socket
+
+    family, _type, _proto, _name, address = socket.getaddrinfo(host, port)[0]
+    listener = eventlet.listen(address, family)
+    wsgi.server(listener, app, max_size=max_connections, protocol=eventlet_protocol(limits), log_output=False,
+                debug=False)
+
+
+def _serve_gevent(app: Any, host: str, port: int, limits: Limits) -> None:
+    # As Flask-SocketIO's run() does, with the guarded handler.
+    from gevent import pywsgi
+
+    pywsgi.WSGIServer((host, port), app, handler_class=gevent_handler(limits), log=None).serve_forever()
