@@ -46,6 +46,7 @@ CODES = {
     426: "upgrade_required",
     431: "headers_too_large",
     500: "internal_error",
+    501: "not_implemented",
     505: "http_version_not_supported",
 }
 MESSAGES = {
@@ -119,6 +120,10 @@ class Refusal(ValueError):
 
 def check_framing(headers: Message) -> Refusal | None:
     """Refuse a body length that a proxy in front might read differently (a request smuggled past it)."""
+    codings = headers.get_all("Transfer-Encoding") or []
+    if codings and (len(codings) > 1 or codings[0].strip().lower() != "chunked"):
+        # The servers read any other coding as "no body", and what follows as the next request.
+        return Refusal(501, "the only transfer coding served is a single 'chunked'")
     lengths = headers.get_all("Content-Length") or []
     if lengths:
         value = lengths[0].strip()

@@ -237,6 +237,15 @@ REFUSED = {
     "Content-Length and Transfer-Encoding": (
         b"POST /update_task HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5\r\n"
         b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, "bad_request"),
+    "a transfer coding other than chunked": (
+        b"POST /update_task HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: gzip\r\n\r\n"
+        b"GET /tasks HTTP/1.1\r\nHost: x\r\n\r\n", 501, "not_implemented"),
+    "chunked after another coding": (
+        b"POST /update_task HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501, "not_implemented"),
+    "two Transfer-Encoding headers": (
+        b"POST /update_task HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n", 501, "not_implemented"),
 }
 
 
