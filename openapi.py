@@ -506,7 +506,9 @@ def build_spec(app: Flask) -> dict[str, Any]:
                     "bearerFormat": "JWT",
                     "description": "`Authorization: Bearer <token>`: a JWT signed with HS256 and SECRET_KEY, with "
                                    "the claims sub (the user's email), scope (space-separated) and exp. Make one "
-                                   "with `flask --app app token create --user EMAIL --scope SCOPE`. Scopes:\n\n"
+                                   "with `flask --app app token create --user EMAIL --scope SCOPE`. With an "
+                                   "identity provider configured (JWT_JWKS_URL or OIDC_ISSUER), its tokens are "
+                                   "accepted too (503 while none of its keys could be fetched). Scopes:\n\n"
                                    + scopes,
                 },
                 "accessToken": {

@@ -476,7 +476,7 @@ def init_app(app: Flask, store: Store, broker: Broker) -> StreamHub:
         try:
             viewer = viewer_for_token(auth.get("token"))
         except TokenError as exc:
-            raise SocketIORefused(str(exc), {"code": "unauthorized"}) from None
+            raise SocketIORefused(str(exc), {"code": exc.code}) from None
         if not viewer.has("updates:read"):
             raise SocketIORefused("the token lacks the scope 'updates:read'", {"code": "forbidden"})
         try:

@@ -280,6 +280,9 @@ def readyz() -> ResponseReturnValue:
         checks["database"] = "ok"
     except SQLAlchemyError as exc:
         checks["database"] = f"unavailable: {exc.__class__.__name__}"
+    provider = current_app.extensions.get("identity_provider")
+    if provider is not None:
+        checks["identity_provider"] = provider.readiness()
     if current_app.config.get("REDIS_URL"):
         try:
             current_app.extensions["broker"].ping()
