@@ -203,16 +203,20 @@ def current_viewer() -> Viewer:
     return g.get("viewer", EVERYONE if current_app.config["AUTH_DISABLED"] else Viewer(email=None))
 
 
-def rate_limit_key() -> str:
-    """Whom a rate limit counts: the token's user, or the client address without a valid token."""
+def rate_limit_caller() -> tuple[str, bool]:
+    """Whom a write limit counts (the token's user, else the client address), and whether it is a service.
+
+    A service is an `admin` token: a backend that writes every user's tasks, limited
+    by RATE_LIMIT_SERVICE_WRITES rather than a user's RATE_LIMIT_WRITES.
+    """
     # The limit is checked before the view authenticates, so read the token here.
     try:
         viewer = g.get("viewer") or viewer_for_token(_request_token(allow_query=False))
     except TokenError:
         viewer = None
     if viewer is not None and viewer.email:
-        return f"user:{viewer.email}"
-    return f"addr:{request.remote_addr}"
+        return f"user:{viewer.email}", viewer.is_admin
+    return f"addr:{request.remote_addr}", False
 
 
 def ensure_secret_key(app: Flask) -> None:

@@ -129,6 +129,7 @@ SETTINGS: dict[str, tuple[Any, Callable[[str], Any]]] = {
     "MAX_CONTENT_LENGTH": (64 * 1024, as_int),
     "AUTH_DISABLED": (False, as_bool),
     "RATE_LIMIT_WRITES": ("120 per minute", as_str),
+    "RATE_LIMIT_SERVICE_WRITES": ("100 per second", as_str),
     "RATE_LIMIT_STORAGE_URI": ("memory://", as_str),
     "MAX_STREAMS_PER_USER": (20, as_int),
     "LOG_LEVEL": ("INFO", as_str),
