@@ -319,6 +319,11 @@ OPERATIONS: dict[tuple[str, str], Op] = {
             {"name": "task_id", "in": "query", "required": False, "style": "form", "explode": True,
              "description": "Only these tasks (repeat for several).",
              "schema": {"type": "array", "items": TypeAdapter(TaskId).json_schema()}},
+            {"name": "stream_start", "in": "query", "required": False,
+             "description": "1: the opening block is also an event named stream_start, with the data "
+                            "{\"last_event_id\": N}: the id the stream starts after, for a client to resume from "
+                            "before it has seen an event.",
+             "schema": {"type": "string", "enum": ["1"]}},
         ),
     ),
     ("/notifications", "GET"): Op(

@@ -187,6 +187,7 @@ def test_pings_keep_a_websocket_alive_and_a_client_that_stops_answering_is_dropp
     assert ws.recv().startswith("0{")  # Engine.IO open
     ws.send("40" + json.dumps({"token": server.token}))
     assert ws.recv().startswith("40{")  # Socket.IO connect accepted
+    assert ws.recv().startswith('42["stream_start",')
     for _ in range(4):
         assert ws.recv() == "2"  # ping
         ws.send("3")  # pong
@@ -212,6 +213,7 @@ def test_pings_keep_to_the_ping_interval_and_pongs_are_answered_where_they_are_r
     assert ws.recv().startswith("0{")
     ws.send("40" + json.dumps({"token": server.token}))
     assert ws.recv().startswith("40{")
+    assert ws.recv().startswith('42["stream_start",')
     pinged = []
     for _ in range(8):
         assert ws.recv() == "2"
@@ -284,6 +286,7 @@ def test_a_client_sending_nonsense_over_its_websocket_harms_no_one(live_server) 
         assert ws.recv().startswith("0{")  # Engine.IO open
         ws.send("40" + json.dumps({"token": live_server.token}))
         assert ws.recv().startswith("40{")  # Socket.IO connect accepted
+        assert ws.recv().startswith('42["stream_start",')
         return ws
 
     odd, broken, bystander = opened(), opened(), live_server.socketio()
