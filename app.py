@@ -113,12 +113,14 @@ def make_broker(config: Mapping[str, Any], store: db.Store) -> Broker:
 def start(app: Flask) -> None:
     """Start the notification workers, the Socket.IO relay and the store's upkeep (python app.py does; tests may)."""
     app.extensions["store"].start()
+    auth.start(app)
     app.extensions["notifications"].start()
     app.extensions["streams"].start()
 
 
 def shutdown(app: Flask) -> None:
     """Stop the workers (in-flight deliveries get the grace period), close the streams; idempotent."""
+    auth.stop(app)
     app.extensions["notifications"].stop(app.config["NOTIFY_STOP_GRACE_SECONDS"])
     app.extensions["streams"].stop()
     app.extensions["broker"].close()

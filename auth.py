@@ -1,10 +1,14 @@
 """Who is asking: signed tokens, scopes, and the one place where the current reader is known.
 
-Tokens are JWTs signed with HS256 and SECRET_KEY, with the claims `sub` (the
-user's email), `scope` (space-separated scopes) and `exp`. A reader sees only
-the tasks and events whose user_email is its `sub`, unless it has `admin`.
-Emails are compared in their canonical form (schemas.canonical_email): a
-token for alice@example.com is the user of ALICE@EXAMPLE.COM's tasks.
+The service's own tokens are JWTs signed with HS256 and SECRET_KEY, with the
+claims `sub` (the user's email), `scope` (space-separated scopes) and `exp`.
+With an identity provider configured (JWT_JWKS_URL or OIDC_ISSUER), a token
+whose `iss` is that provider's is checked with the provider's public keys
+instead (jwks.py), and every other token as one of the service's own: a token
+is never checked with the other kind's keys. A reader sees only the tasks and
+events whose user_email is its user, unless it has `admin`. Emails are
+compared in their canonical form (schemas.canonical_email): a token for
+alice@example.com is the user of ALICE@EXAMPLE.COM's tasks.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import click
 import jwt
 from flask import Flask, current_app, g, request
 
+import jwks
+from config import check_identity_provider
 from errors import APIError
 from schemas import canonical_email
 
@@ -63,6 +69,18 @@ EVERYONE = Viewer(email=None, scopes=frozenset({"admin"}))
 
 class TokenError(Exception):
     """A token that cannot be accepted: missing, malformed, badly signed or expired."""
+
+    code = "unauthorized"
+
+
+class ProviderUnavailable(TokenError):
+    """A token of the identity provider that cannot be checked: the provider has given no keys (a 503)."""
+
+    code = "unavailable"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 def issue_token(secret: str, user: str, scopes: Iterable[str], expires_in: int = 3600) -> str:
@@ -113,7 +131,28 @@ def viewer_for_token(token: str | None) -> Viewer:
         return EVERYONE
     if not token:
         raise TokenError("a bearer token is required")
-    return read_token(current_app.config["SECRET_KEY"], token)
+    provider: jwks.Provider | None = current_app.extensions.get("identity_provider")
+    if provider is None or _unverified_issuer(token) != provider.issuer:
+        return read_token(current_app.config["SECRET_KEY"], token)
+    try:
+        identity = provider.verify(token)
+    except jwks.Refused as exc:
+        raise TokenError(str(exc)) from None
+    except jwks.KeysUnavailable as exc:
+        raise ProviderUnavailable(str(exc), exc.retry_after) from None
+    if identity.expires_at <= time.time():
+        raise TokenError("the token has expired")
+    return Viewer(email=identity.email, scopes=identity.scopes, expires_at=identity.expires_at)
+
+
+@functools.lru_cache(maxsize=4096)
+def _unverified_issuer(token: str) -> str | None:
+    """The token's `iss`, read without checking anything: it only picks the verifier."""
+    try:
+        issuer = jwt.decode(token, options={"verify_signature": False}).get("iss")
+    except jwt.InvalidTokenError:
+        return None
+    return issuer if isinstance(issuer, str) else None
 
 
 def _request_token(allow_query: bool) -> str | None:
@@ -132,6 +171,8 @@ def authenticate(scope: str, *, allow_query_token: bool = False) -> Viewer:
     """The request's viewer, which must hold scope: APIError 401 without a valid token, 403 without the scope."""
     try:
         viewer = viewer_for_token(_request_token(allow_query_token))
+    except ProviderUnavailable as exc:
+        raise APIError(503, str(exc), headers={"Retry-After": str(exc.retry_after)}) from None
     except TokenError as exc:
         raise APIError(401, str(exc), headers={"WWW-Authenticate": 'Bearer realm="tasks"'}) from None
     if not viewer.has(scope):
@@ -162,16 +203,20 @@ def current_viewer() -> Viewer:
     return g.get("viewer", EVERYONE if current_app.config["AUTH_DISABLED"] else Viewer(email=None))
 
 
-def rate_limit_key() -> str:
-    """Whom a rate limit counts: the token's user, or the client address without a valid token."""
+def rate_limit_caller() -> tuple[str, bool]:
+    """Whom a write limit counts (the token's user, else the client address), and whether it is a service.
+
+    A service is an `admin` token: a backend that writes every user's tasks, limited
+    by RATE_LIMIT_SERVICE_WRITES rather than a user's RATE_LIMIT_WRITES.
+    """
     # The limit is checked before the view authenticates, so read the token here.
     try:
         viewer = g.get("viewer") or viewer_for_token(_request_token(allow_query=False))
     except TokenError:
         viewer = None
     if viewer is not None and viewer.email:
-        return f"user:{viewer.email}"
-    return f"addr:{request.remote_addr}"
+        return f"user:{viewer.email}", viewer.is_admin
+    return f"addr:{request.remote_addr}", False
 
 
 def ensure_secret_key(app: Flask) -> None:
@@ -195,7 +240,8 @@ def ensure_secret_key(app: Flask) -> None:
                    "tokens between machines", path)
 
 
-@click.group("token", help="Signed access tokens.")
+@click.group("token", help="The service's own signed access tokens (HS256, SECRET_KEY): for machine clients such as "
+                           "curl and backend jobs, and for users when no identity provider is configured.")
 def token_cli() -> None:
     pass
 
@@ -216,8 +262,28 @@ def create_token(user: str, scopes: tuple[str, ...], expires_in: int) -> None:
 
 
 def init_app(app: Flask) -> None:
+    """Tokens for app: its secret key, its identity provider (when configured), the `token` command."""
     ensure_secret_key(app)
+    check_identity_provider(app.config)
+    settings = jwks.Settings.from_config(app.config)
+    if settings is not None:
+        app.extensions["identity_provider"] = jwks.Provider(settings)
+        logger.info("tokens of the identity provider %s (keys from %s) are accepted beside the service's own",
+                    settings.issuer, settings.source)
     if app.config["AUTH_DISABLED"]:
         logger.warning("AUTH_DISABLED=1: authentication is OFF; anyone who can reach this server may read and "
                        "write every task. For local demos only.")
     app.cli.add_command(token_cli)
+
+
+def start(app: Flask) -> None:
+    """Fetch the identity provider's keys and keep them fresh in the background (when one is configured)."""
+    provider: jwks.Provider | None = app.extensions.get("identity_provider")
+    if provider is not None:
+        provider.start()
+
+
+def stop(app: Flask) -> None:
+    provider: jwks.Provider | None = app.extensions.get("identity_provider")
+    if provider is not None:
+        provider.stop()

@@ -8,6 +8,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 
 def as_bool(value: str) -> bool:
@@ -68,6 +69,45 @@ def as_list(value: str) -> list[str]:
 
 def as_str(value: str) -> str:
     return value
+
+
+def as_non_negative_float(value: str) -> float:
+    number = as_float(value)
+    if not number >= 0:
+        raise ValueError("expected a number of 0 or more")
+    return number
+
+
+def as_positive_float(value: str) -> float:
+    number = as_float(value)
+    if not number > 0:
+        raise ValueError("expected a number above 0")
+    return number
+
+
+def as_http_url(value: str) -> str:
+    """An http:// or https:// URL with a host."""
+    url = value.strip()
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected an http:// or https:// URL")
+    return url
+
+
+# Signature algorithms of public keys (PyJWT's names). Never "none", and never HS*: an HMAC
+# "key" from a JWKS would be public, and a public key used as an HMAC secret is the
+# key-confusion attack.
+PUBLIC_KEY_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512",
+                         "EdDSA")
+
+
+def as_public_key_algorithms(value: str) -> tuple[str, ...]:
+    """A comma-separated list of public-key signature algorithms, e.g. RS256,ES256."""
+    names = as_list(value)
+    bad = [name for name in names if name not in PUBLIC_KEY_ALGORITHMS]
+    if bad or not names:
+        raise ValueError(f"expected some of {', '.join(PUBLIC_KEY_ALGORITHMS)} (never none or HS*)")
+    return tuple(names)
 
 
 SQLITE_SYNCHRONOUS_LEVELS = ("NORMAL", "FULL")
@@ -143,6 +183,16 @@ SETTINGS: dict[str, tuple[Any, Callable[[str], Any]]] = {
     "REDIS_URL": (None, as_str),
     "REDIS_CHANNEL": ("task-events", as_str),
     "SECRET_KEY": (None, as_str),
+    "JWT_JWKS_URL": (None, as_http_url),
+    "OIDC_ISSUER": (None, as_http_url),
+    "JWT_ISSUER": (None, as_str),
+    "JWT_AUDIENCE": (None, as_str),
+    "JWT_ALGORITHMS": (("RS256", "ES256", "EdDSA"), as_public_key_algorithms),
+    "JWT_USER_CLAIM": ("email", as_str),
+    "JWT_SCOPE_CLAIM": ("scope", as_str),
+    "JWT_LEEWAY_SECONDS": (30.0, as_non_negative_float),
+    "JWKS_MIN_REFRESH_SECONDS": (60.0, as_positive_float),
+    "JWKS_TIMEOUT_SECONDS": (5.0, as_positive_float),
     "SMTP_HOST": (None, as_str),
     "SMTP_PORT": (25, as_int),
     "SMTP_USERNAME": (None, as_str),
@@ -176,6 +226,7 @@ SETTINGS: dict[str, tuple[Any, Callable[[str], Any]]] = {
     "MAX_CONTENT_LENGTH": (64 * 1024, as_int),
     "AUTH_DISABLED": (False, as_bool),
     "RATE_LIMIT_WRITES": ("120 per minute", as_str),
+    "RATE_LIMIT_SERVICE_WRITES": ("100 per second", as_str),
     "RATE_LIMIT_STORAGE_URI": ("memory://", as_str),
     "MAX_STREAMS_PER_USER": (20, as_int),
     "MAX_SUBSCRIPTIONS_PER_CONNECTION": (100, as_positive_int),
@@ -196,4 +247,26 @@ def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
             config[name] = parse(raw)
         except ValueError as exc:
             raise ValueError(f"invalid value for {name}: {raw!r} ({exc})") from exc
+    check_identity_provider(config)
     return config
+
+
+def check_identity_provider(config: Mapping[str, Any]) -> None:
+    """ValueError unless the identity provider's settings are all unset or fit together."""
+    jwks_url, oidc_issuer = config.get("JWT_JWKS_URL"), config.get("OIDC_ISSUER")
+    issuer, audience = config.get("JWT_ISSUER"), config.get("JWT_AUDIENCE")
+    if not jwks_url and not oidc_issuer:
+        if issuer or audience:
+            raise ValueError("JWT_ISSUER and JWT_AUDIENCE need JWT_JWKS_URL or OIDC_ISSUER (where the keys are)")
+        return
+    if jwks_url and oidc_issuer:
+        raise ValueError("set JWT_JWKS_URL or OIDC_ISSUER, not both (OIDC_ISSUER finds the JWKS URL itself)")
+    if oidc_issuer and issuer and issuer != oidc_issuer:
+        raise ValueError(f"JWT_ISSUER {issuer!r} differs from OIDC_ISSUER {oidc_issuer!r} (leave JWT_ISSUER unset)")
+    if not (issuer or oidc_issuer):
+        raise ValueError("JWT_JWKS_URL needs JWT_ISSUER: the iss claim the identity provider's tokens carry")
+    if not audience:
+        raise ValueError("JWT_AUDIENCE is required with an identity provider: the aud its tokens must name")
+    for name in ("JWT_USER_CLAIM", "JWT_SCOPE_CLAIM"):
+        if not config.get(name):
+            raise ValueError(f"{name} must name a claim")

@@ -319,6 +319,11 @@ OPERATIONS: dict[tuple[str, str], Op] = {
             {"name": "task_id", "in": "query", "required": False, "style": "form", "explode": True,
              "description": "Only these tasks (repeat for several).",
              "schema": {"type": "array", "items": TypeAdapter(TaskId).json_schema()}},
+            {"name": "stream_start", "in": "query", "required": False,
+             "description": "1: the opening block is also an event named stream_start, with the data "
+                            "{\"last_event_id\": N}: the id the stream starts after, for a client to resume from "
+                            "before it has seen an event.",
+             "schema": {"type": "string", "enum": ["1"]}},
         ),
     ),
     ("/notifications", "GET"): Op(
@@ -507,7 +512,9 @@ def build_spec(app: Flask) -> dict[str, Any]:
                     "bearerFormat": "JWT",
                     "description": "`Authorization: Bearer <token>`: a JWT signed with HS256 and SECRET_KEY, with "
                                    "the claims sub (the user's email), scope (space-separated) and exp. Make one "
-                                   "with `flask --app app token create --user EMAIL --scope SCOPE`. Scopes:\n\n"
+                                   "with `flask --app app token create --user EMAIL --scope SCOPE`. With an "
+                                   "identity provider configured (JWT_JWKS_URL or OIDC_ISSUER), its tokens are "
+                                   "accepted too (503 while none of its keys could be fetched). Scopes:\n\n"
                                    + scopes,
                 },
                 "accessToken": {

@@ -1,4 +1,4 @@
-"""The write rate limit (RATE_LIMIT_WRITES), counted per caller with the `limits` library.
+"""The write rate limits (RATE_LIMIT_WRITES, RATE_LIMIT_SERVICE_WRITES), counted per caller with `limits`.
 
 A sliding-window counter (the current and the previous window's counts,
 weighted): constant time and memory per caller. It is checked in the write
@@ -82,13 +82,14 @@ class WriteLimit:
         return headers
 
 
-def limited(limit: WriteLimit, key: Callable[[], str]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """A view decorator: count the request against limit under key() before the view runs."""
+def limited(limit_for: Callable[[], tuple[WriteLimit, str]]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A view decorator: count the request against the limit and under the key limit_for() names, first."""
 
     def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
         @wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            headers = limit.hit(key())
+            limit, key = limit_for()
+            headers = limit.hit(key)
             response = current_app.make_response(view(*args, **kwargs))
             response.headers.update(headers)
             return response

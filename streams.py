@@ -74,8 +74,12 @@ def replay(store: Store, after_id: int, viewer: Viewer, task_ids: frozenset[str]
 
 
 def sse_events(hub: StreamHub, *, after_id: int | None, viewer: Viewer, task_ids: frozenset[str] | None,
-               heartbeat: float, retry_ms: int, slot: StreamSlot, green_socket: Any = None) -> Iterator[bytes]:
+               heartbeat: float, retry_ms: int, slot: StreamSlot, green_socket: Any = None,
+               announce_start: bool = False) -> Iterator[bytes]:
     """The byte stream of one SSE response: retry line, replay, then live events and heartbeats.
+
+    With announce_start (?stream_start=1), the opening block is also a `stream_start`
+    event naming the id the stream starts after, which EventSource shows to the page.
 
     With green_socket (eventlet), the live part is written straight to the socket
     (fanout.SSEWriter): the response ends after the replay, leaving the connection
@@ -98,9 +102,9 @@ def sse_events(hub: StreamHub, *, after_id: int | None, viewer: Viewer, task_ids
             # Where the stream starts, as an id without data: the browser's EventSource
             # resumes from it after a disconnect even if no event came in between.
             last_id = store.last_event_id()
-            yield f"retry: {retry_ms}\nid: {last_id}\n: connected\n\n".encode()
+            yield f"retry: {retry_ms}\nid: {last_id}\n{_start(announce_start, last_id)}: connected\n\n".encode()
         else:
-            yield f"retry: {retry_ms}\n: connected\n\n".encode()
+            yield f"retry: {retry_ms}\n{_start(announce_start, after_id)}: connected\n\n".encode()
             # One write per batch read from the log, not one per event.
             while True:
                 count, last_id, frames = store.sse_frames_after(
@@ -141,6 +145,10 @@ def sse_events(hub: StreamHub, *, after_id: int | None, viewer: Viewer, task_ids
             hub.sse_ended(writer, slot)
 
 
+def _start(announce: bool, last_id: int) -> str:
+    return f'event: stream_start\ndata: {{"last_event_id": {last_id}}}\n' if announce else ""
+
+
 class StreamSlot:
     """An open stream's place under its user's cap, given back once, when the stream ends."""
 
@@ -179,7 +187,8 @@ def task_updates() -> Response:
     slot = StreamSlot(streams, viewer)
     body = sse_events(streams, after_id=after_id, viewer=viewer, task_ids=task_ids,
                       heartbeat=config["SSE_HEARTBEAT_SECONDS"], retry_ms=config["SSE_RETRY_MS"], slot=slot,
-                      green_socket=stream_socket(request.environ) if streams.direct_writes else None)
+                      green_socket=stream_socket(request.environ) if streams.direct_writes else None,
+                      announce_start=request.args.get("stream_start") == "1")
     # No stream_with_context: the stream needs nothing of the request, so an idle
     # stream does not keep the request context alive.
     response = Response(
@@ -358,24 +367,28 @@ class StreamHub:
     # -- clients -------------------------------------------------------------
 
     def connect(self, sid: str, viewer: Viewer, last_event_id: int | None) -> None:
+        """Add a client whose stream starts after last_event_id, or after the latest event when None."""
         with self._lock:
             self._clients[sid] = _Client(viewer=viewer)
             if viewer.expires_at is not None:
                 heapq.heappush(self._expiries, (viewer.expires_at, sid))
-        if last_event_id is None:
-            self._attach(sid, None)
-        else:
-            # Replay after the connect handler has returned, so the client has its CONNECT packet first.
-            self.socketio.start_background_task(self._attach, sid, last_event_id)
+            start = self._position if last_event_id is None else last_event_id
+        # After the connect handler has returned, so the client has its CONNECT packet first.
+        self.socketio.start_background_task(self._attach, sid, start)
 
-    def _attach(self, sid: str, last_event_id: int | None) -> None:
-        """Replay what the client missed, then put it in its rooms, with no event between the two."""
+    def _attach(self, sid: str, last_event_id: int) -> None:
+        """Tell the client where its stream starts, replay what it missed, then put it in its rooms.
+
+        `stream_start` comes first, so a client that has seen no event yet can resume
+        from it; no event falls between the replay and the rooms.
+        """
+        self.socketio.emit("stream_start", {"last_event_id": last_event_id}, to=sid, ignore_queue=True)
         while True:
             with self._lock:
                 client = self._clients.get(sid)
                 if client is None:
                     return  # gone before we got to it
-                if last_event_id is None or last_event_id >= self._position:
+                if last_event_id >= self._position:
                     # Nothing more to replay: from here on the rooms bring every event.
                     for room in self._rooms(client):
                         self.socketio.server.enter_room(sid, room)
@@ -570,7 +583,7 @@ def _register_socketio_handlers(socketio: SocketIO, hub: StreamHub) -> None:
         try:
             viewer = viewer_for_token(auth.get("token"))
         except TokenError as exc:
-            raise SocketIORefused(str(exc), {"code": "unauthorized"}) from None
+            raise SocketIORefused(str(exc), {"code": exc.code}) from None
         if not viewer.has("updates:read"):
             raise SocketIORefused("the token lacks the scope 'updates:read'", {"code": "forbidden"})
         try:

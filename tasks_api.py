@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 import notifications
-from auth import current_viewer, rate_limit_key, requires
+from auth import current_viewer, rate_limit_caller, requires
 from broker import BrokerUnavailable, Event
 from db import MAX_ID, Idempotency, Store, TaskNotFound, decode_cursor, encode_cursor
 from errors import APIError
@@ -290,6 +290,9 @@ def readyz() -> ResponseReturnValue:
         checks["database"] = "ok"
     except SQLAlchemyError as exc:
         checks["database"] = f"unavailable: {exc.__class__.__name__}"
+    provider = current_app.extensions.get("identity_provider")
+    if provider is not None:
+        checks["identity_provider"] = provider.readiness()
     if current_app.config.get("REDIS_URL"):
         try:
             current_app.extensions["broker"].ping()
@@ -306,10 +309,16 @@ def readyz() -> ResponseReturnValue:
 
 
 def init_app(app: Flask) -> WriteLimit:
-    """Register the API and rate-limit its writes per caller (RATE_LIMIT_WRITES)."""
+    """Register the API and rate-limit its writes per caller (RATE_LIMIT_WRITES; services RATE_LIMIT_SERVICE_WRITES)."""
     app.register_blueprint(bp)
     write_limit = WriteLimit(app.config["RATE_LIMIT_WRITES"], app.config["RATE_LIMIT_STORAGE_URI"])
-    limit = limited(write_limit, rate_limit_key)
+    service_limit = WriteLimit(app.config["RATE_LIMIT_SERVICE_WRITES"], app.config["RATE_LIMIT_STORAGE_URI"])
+
+    def limit_for_caller() -> tuple[WriteLimit, str]:
+        key, service = rate_limit_caller()
+        return (service_limit, f"service:{key}") if service else (write_limit, key)
+
+    limit = limited(limit_for_caller)
     for name in WRITE_ENDPOINTS:
         endpoint = f"{bp.name}.{name}"
         app.view_functions[endpoint] = limit(app.view_functions[endpoint])

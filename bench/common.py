@@ -238,7 +238,8 @@ class OurServer(Server):
         env.update({
             "HOST": "127.0.0.1", "PORT": str(self.port), "INSTANCE_PATH": str(instance),
             "DATABASE_URL": self.database_url, "SECRET_KEY": SECRET, "AUTH_DISABLED": "0",
-            "RATE_LIMIT_WRITES": "1000000 per minute", "MAX_STREAMS_PER_USER": "100000",
+            "RATE_LIMIT_WRITES": "1000000 per minute", "RATE_LIMIT_SERVICE_WRITES": "1000000 per minute",
+            "MAX_STREAMS_PER_USER": "100000",
             "MAX_CONNECTIONS": "15000", "PYTHONUNBUFFERED": "1",
         })
         if self.run.args.redis:

@@ -89,6 +89,7 @@ class ApiServer:
             "CORS_ORIGINS": ",".join(self.cors_origins) or "http://127.0.0.1:4200",
             "SSE_HEARTBEAT_SECONDS": "1",
             "RATE_LIMIT_WRITES": "100000 per minute",
+            "RATE_LIMIT_SERVICE_WRITES": "100000 per minute",
             # bin/test's other passes: PostgreSQL (the database_url fixture) and gevent.
             "DATABASE_URL": self.database_url or "",
             "ASYNC_MODE": os.environ.get("TEST_ASYNC_MODE", "eventlet"),

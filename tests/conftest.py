@@ -65,7 +65,8 @@ def make_app(tmp_path: Path, database_url: str) -> Iterator[Callable[..., Flask]
     def make(**config: Any) -> Flask:
         settings = {"INSTANCE_PATH": str(tmp_path / f"instance{len(apps)}"), "NOTIFY_WORKERS": 0,
                     "DATABASE_URL": database_url,
-                    "AUTH_DISABLED": True, "SECRET_KEY": SECRET, "RATE_LIMIT_WRITES": "100000 per minute", **config}
+                    "AUTH_DISABLED": True, "SECRET_KEY": SECRET, "RATE_LIMIT_WRITES": "100000 per minute",
+                    "RATE_LIMIT_SERVICE_WRITES": "100000 per minute", **config}
         app = create_app(settings)
         app.config["TESTING"] = True
         apps.append(app)
@@ -108,6 +109,7 @@ def start_server(tmp_path: Path, database_url: str) -> Iterator[Callable[..., Li
             "LOG_LEVEL": "INFO",
             "SECRET_KEY": SECRET,
             "RATE_LIMIT_WRITES": "100000 per minute",
+            "RATE_LIMIT_SERVICE_WRITES": "100000 per minute",
             **{k: str(v) for k, v in env.items()},
         }
         server = LiveServer(env=settings, log_path=tmp_path / f"server{len(servers)}.log")

@@ -6,6 +6,7 @@ reader that stops reading cut off (it resumes by event id) without slowing the o
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -189,6 +190,7 @@ def test_pings_keep_to_the_ping_interval_and_pongs_are_answered_where_they_are_r
     assert ws.recv().startswith("0{")
     ws.send("40" + json.dumps({"token": server.token}))
     assert ws.recv().startswith("40{")
+    assert ws.recv().startswith('42["stream_start",')
     pinged = []
     for _ in range(6):
         assert ws.recv() == "2"
@@ -261,15 +263,21 @@ def test_a_client_sending_nonsense_over_its_websocket_harms_no_one(live_server) 
         assert ws.recv().startswith("0{")  # Engine.IO open
         ws.send("40" + json.dumps({"token": live_server.token}))
         assert ws.recv().startswith("40{")  # Socket.IO connect accepted
+        assert ws.recv().startswith('42["stream_start",')
         return ws
 
-    odd, broken, bystander = opened(), opened(), live_server.socketio()
+    odd, broken, unparsable, bystander = opened(), opened(), opened(), live_server.socketio()
     odd.send("9whatever")  # no such Engine.IO packet type: ignored
-    odd.send("42[unclosed")  # a Socket.IO event that is not JSON: Socket.IO drops it
     broken.send("xyz")  # not an Engine.IO packet at all: the connection ends, with a close frame (1002)
     opcode, data = broken.recv_data(control_frame=True)
     assert (opcode, struct.unpack("!H", data[:2])[0]) == (websocket.ABNF.OPCODE_CLOSE, 1002)
     broken.shutdown()
+    unparsable.send("42[unclosed")  # a Socket.IO event that is not JSON: that connection ends
+    with contextlib.suppress(websocket.WebSocketConnectionClosedException):
+        while message := unparsable.recv():  # "" once the close frame came
+            assert not message.startswith("42"), message
+    assert not unparsable.connected
+    unparsable.close()
     event_id = post(live_server, "nonsense")
     assert json.loads(odd.recv()[2:])[1]["id"] == event_id
     bystander.wait_for_events(1)

@@ -47,6 +47,7 @@ def open_websocket(server: Any) -> tuple[websocket.WebSocket, dict[str, Any]]:
     assert opened.startswith("0{"), opened
     ws.send("40" + json.dumps({"token": server.token}))
     assert ws.recv().startswith("40{")  # Socket.IO connect accepted
+    assert ws.recv().startswith('42["stream_start",')
     return ws, json.loads(opened[1:])
 
 
@@ -152,7 +153,10 @@ def polling_session(server: Any) -> str:
     base = f"{server.url}/socket.io/?EIO=4&transport=polling"
     sid = json.loads(requests.get(base, timeout=10).text[1:])["sid"]
     assert requests.post(f"{base}&sid={sid}", data="40" + json.dumps({"token": server.token}), timeout=10).ok
-    assert requests.get(f"{base}&sid={sid}", timeout=10).text.startswith("40{")
+    received = requests.get(f"{base}&sid={sid}", timeout=10).text
+    assert received.startswith("40{")
+    while '42["stream_start",' not in received:  # the connection's first event, in this poll or the next
+        received = requests.get(f"{base}&sid={sid}", timeout=10).text
     return sid
 
 

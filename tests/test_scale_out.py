@@ -72,7 +72,8 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
 
 def shared_env(postgres_url: str, redis_url: str | None, tmp_path: Path, **extra: Any) -> dict[str, str]:
     env = {"DATABASE_URL": postgres_url, "SECRET_KEY": SECRET, "INSTANCE_PATH": str(tmp_path / "instance"),
-           "NOTIFY_POLL_SECONDS": "0.5", "NOTIFY_BACKOFF_SECONDS": "0.05", "RATE_LIMIT_WRITES": "100000 per minute"}
+           "NOTIFY_POLL_SECONDS": "0.5", "NOTIFY_BACKOFF_SECONDS": "0.05", "RATE_LIMIT_WRITES": "100000 per minute",
+           "RATE_LIMIT_SERVICE_WRITES": "100000 per minute"}
     if redis_url:
         env["REDIS_URL"] = redis_url
     return {**env, **{k: str(v) for k, v in extra.items()}}

@@ -286,6 +286,26 @@ def test_write_rate_limit_per_token(start_server):
     assert server.get("/tasks", token=alice).status_code == 200  # reads are not limited by it
 
 
+def test_service_tokens_have_their_own_write_limit_and_users_keep_theirs(start_server):
+    """An admin token (a backend writing for every user) counts against RATE_LIMIT_SERVICE_WRITES."""
+    server = start_server(RATE_LIMIT_WRITES="3 per minute", RATE_LIMIT_SERVICE_WRITES="8 per minute")
+    alice = make_token("alice@example.com", WRITE_READ_STREAM)
+    backend = make_token("backend@example.com", ("tasks:write", "admin"))
+    for n in range(3):
+        assert server.post("/update_task", {"task_id": f"u{n}", "user_email": "alice@example.com"},
+                           token=alice).status_code == 200
+    refused = server.post("/update_task", {"task_id": "u9", "user_email": "alice@example.com"}, token=alice)
+    assert refused.status_code == 429 and refused.headers["X-RateLimit-Limit"] == "3"
+    for n in range(8):
+        accepted = server.post("/update_task", {"task_id": f"s{n}", "user_email": f"user{n}@example.com"},
+                               token=backend)
+        assert accepted.status_code == 200, (n, accepted.text)
+        assert accepted.headers["X-RateLimit-Limit"] == "8"
+    limited = server.post("/update_task", {"task_id": "s9", "user_email": "x@example.com"}, token=backend)
+    assert limited.status_code == 429 and limited.json()["error"]["code"] == "rate_limited"
+    assert int(limited.headers["Retry-After"]) > 0
+
+
 def test_stream_cap_per_user_counts_sse_and_socketio_together(start_server):
     server = start_server(MAX_STREAMS_PER_USER="2", SSE_HEARTBEAT_SECONDS="0.2")
     alice = make_token("alice@example.com", WRITE_READ_STREAM)

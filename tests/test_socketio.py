@@ -168,6 +168,7 @@ def test_a_raw_disconnect_event_packet_ends_the_connection_and_frees_its_place(s
     assert ws.recv().startswith("0{")  # Engine.IO open
     ws.send("40" + json.dumps({"token": alice}))
     assert ws.recv().startswith("40{")  # Socket.IO connect accepted
+    assert ws.recv().startswith('42["stream_start",')
     ws.send('42["disconnect"]')
     received = [ws.recv()]
     assert received[0] == "41", received  # Socket.IO disconnect of the namespace
@@ -246,3 +247,29 @@ def test_subscriptions_per_connection_are_capped(start_server):
     sio.wait_for_events(2)
     assert sio.ids == [watched, d_event]
     sio.close()
+
+
+def test_a_client_that_saw_no_event_resumes_from_its_starting_id(live_server):
+    """The first event of a connection is stream_start: where it starts, before any task_update."""
+    before = post(live_server, "s", title="before")
+    client = socketio.Client(reconnection=False)
+    received: list[tuple[str, dict]] = []
+    client.on("stream_start", lambda data: received.append(("stream_start", data)))
+    client.on("task_update", lambda data: received.append(("task_update", data)))
+    client.connect(live_server.url, auth={"token": live_server.token}, transports=["websocket"], wait_timeout=10)
+    wait_for(lambda: received, 10, "stream_start")
+    assert received == [("stream_start", {"last_event_id": before})]
+    client.disconnect()
+    missed = [post(live_server, "s", title="while away") for _ in range(3)]
+    again = live_server.socketio(auth={"last_event_id": received[0][1]["last_event_id"]})
+    again.wait_for_events(3)
+    assert again.ids == missed
+    resumed = socketio.Client(reconnection=False)
+    starts: list[dict] = []
+    resumed.on("stream_start", starts.append)
+    resumed.connect(live_server.url, auth={"token": live_server.token, "last_event_id": missed[0]},
+                    transports=["websocket"], wait_timeout=10)
+    wait_for(lambda: starts, 10, "stream_start")
+    assert starts == [{"last_event_id": missed[0]}]  # a resuming client's start is its own id
+    resumed.disconnect()
+    again.close()

@@ -172,3 +172,25 @@ def test_dot_task_ids_are_422_in_the_filter(live_server):
         response = live_server.get("/task_updates", params={"task_id": value}, stream=True)
         assert response.status_code == 422, value
         assert response.json()["error"]["details"][0]["field"] == "task_id"
+
+
+def test_stream_start_names_where_the_stream_starts_as_an_event_on_request(live_server):
+    """?stream_start=1: the opening block is an event named stream_start, which EventSource shows to a page."""
+    before = post(live_server, "s")
+
+    def opening(query: str) -> str:
+        with live_server.get(f"/task_updates?{query}", stream=True) as response:
+            assert response.status_code == 200
+            received = b""
+            for chunk in response.raw.stream(None, decode_content=False):
+                received += chunk
+                if b"\n\n" in received:
+                    return received.split(b"\n\n", 1)[0].decode()
+        raise AssertionError("the stream ended before its opening block")
+
+    assert opening("stream_start=1").splitlines() == [
+        "retry: 2000", f"id: {before}", "event: stream_start", f'data: {{"last_event_id": {before}}}', ": connected"]
+    assert opening("stream_start=1&last_event_id=0").splitlines() == [
+        "retry: 2000", "event: stream_start", 'data: {"last_event_id": 0}', ": connected"]
+    assert "stream_start" not in opening("last_event_id=0")  # only when asked: onmessage clients see no change
+

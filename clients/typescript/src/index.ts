@@ -9,6 +9,7 @@ export {
   type TaskStatus,
   type TaskUpdatesErrorKind,
   type TaskUpdatesOptions,
+  type Token,
   type TokenSource,
   type Transport,
 } from './types.js';

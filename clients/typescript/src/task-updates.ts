@@ -26,8 +26,9 @@ const TASK_ID = /^(?!\.{1,2}$)[A-Za-z0-9._-]{1,64}$/;
  * A cold stream of task events: every subscription opens its own connection (Socket.IO or SSE) and
  * closes it on unsubscribe. It remembers the id of the last event it delivered and resumes after it
  * on every reconnect, so a subscriber sees each event once, in id order. Failures the client retries
- * (the server is down, the network dropped) show on `state$` and `failures$`; failures it cannot
- * retry (401, 403, a refused Socket.IO connection) end the stream with a TaskUpdatesError.
+ * (the server is down, the network dropped) show on `state$` and `failures$`; an expired token is
+ * renewed by asking the token function again (`state$` shows `renewing`); failures it cannot retry
+ * (401 with no fresher token, 403, a refused Socket.IO connection) end the stream with a TaskUpdatesError.
  */
 export class TaskUpdateStream extends Observable<TaskEvent> {
   /** The connection state of the most recent subscription. */
@@ -50,7 +51,7 @@ export class TaskUpdateStream extends Observable<TaskEvent> {
     return this;
   }
 
-  /** The id of the last event delivered (or the lastEventId option before the first). */
+  /** The id of the last event delivered, or where the stream started (the lastEventId option before either). */
   get lastEventId(): number | null {
     return this.core.last;
   }
@@ -78,6 +79,9 @@ class StreamCore {
         if (this.last === null || event.id > this.last) this.last = event.id;
         subscriber.next(event);
       },
+      started: (id) => {
+        if (this.last === null || id > this.last) this.last = id;
+      },
       error: (err) => subscriber.error(err),
       state: (s) => this.state.next(s),
       failure: (err) => this.failures.next(err),
@@ -98,14 +102,62 @@ export function taskUpdates(options: TaskUpdatesOptions): TaskUpdateStream {
 interface Hooks {
   start: number | null;
   next(event: TaskEvent): void;
+  /** The server said where the stream starts (`stream_start`), before any event. */
+  started(id: number): void;
   error(err: TaskUpdatesError): void;
   state(state: ConnectionState): void;
   failure(err: Error): void;
 }
 
-function resolveToken(token: TokenSource): string | undefined {
-  const value = typeof token === 'function' ? token() : token;
+/** The token of the moment: the option itself, or what its function gives (awaited). */
+async function currentToken(token: TokenSource): Promise<string | undefined> {
+  const value = typeof token === 'function' ? await token() : token;
   return value || undefined;
+}
+
+/**
+ * Whether a JWT's `exp` has passed, give or take marginMs for the clocks; false for a token that is no JWT
+ * or has no `exp` (the client cannot tell: it reconnects as after any drop).
+ */
+function tokenExpired(token: string | undefined, marginMs = 5000): boolean {
+  const payload = token?.split('.')[1];
+  if (!payload) return false;
+  try {
+    const exp = (JSON.parse(atob(payload.replace(/-/g, '+').replace(/_/g, '/'))) as { exp?: unknown }).exp;
+    return typeof exp === 'number' && exp * 1000 <= Date.now() + marginMs;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * When a token is refused, the token function is asked once more before the client gives up: it may hold a
+ * token that expired a moment ago and renew it on the next call. A token given as a string is final.
+ */
+class Renewal {
+  private tried = false;
+
+  constructor(private readonly token: TokenSource) {}
+
+  /** Whether to try again with a fresh token after a refusal (once until the next successful connect). */
+  retry(): boolean {
+    if (typeof this.token !== 'function' || this.tried) return false;
+    this.tried = true;
+    return true;
+  }
+
+  connected(): void {
+    this.tried = false;
+  }
+}
+
+function asError(err: unknown, what: string): Error {
+  return err instanceof Error ? err : new Error(`${what}: ${String(err)}`);
+}
+
+function startId(payload: unknown): number | null {
+  const id = (payload as { last_event_id?: unknown } | null)?.last_event_id;
+  return typeof id === 'number' && Number.isInteger(id) && id >= 0 ? id : null;
 }
 
 function trimBase(baseUrl: string): string {
@@ -134,13 +186,28 @@ function kindOf(status: number | undefined, code: string | undefined): TaskUpdat
 
 function openSocketIo(options: TaskUpdatesOptions, hooks: Hooks): () => void {
   let last = hooks.start;
+  let sentToken: string | undefined;
+  let retryTimer: ReturnType<typeof setTimeout> | undefined;
+  const renewal = new Renewal(options.token);
   const accept = wanted(options);
+  const reconnectDelay = options.reconnectDelayMs ?? 1000;
   const socket: Socket = io(trimBase(options.baseUrl), {
     autoConnect: false,
     forceNew: true,
-    // A function, so that every reconnect sends the latest token and the last event id seen.
-    auth: (cb) => cb({ token: resolveToken(options.token), last_event_id: last ?? undefined }),
-    reconnectionDelay: options.reconnectDelayMs ?? 1000,
+    // A function: every connect and reconnect asks for the token of the moment and sends the last event id seen.
+    auth: (cb) => {
+      currentToken(options.token).then(
+        (token) => {
+          sentToken = token;
+          cb({ token, last_event_id: last ?? undefined });
+        },
+        (err: unknown) => {
+          hooks.failure(asError(err, 'the token function failed'));
+          socket.io.engine?.close(); // the manager tries again after its reconnect delay
+        },
+      );
+    },
+    reconnectionDelay: reconnectDelay,
     reconnectionDelayMax: options.maxReconnectDelayMs ?? 5000,
     ...(options.socketTransports ? { transports: options.socketTransports } : {}),
   });
@@ -151,6 +218,7 @@ function openSocketIo(options: TaskUpdatesOptions, hooks: Hooks): () => void {
   subs.add(
     fromEvent(socket, 'connect').subscribe(() => {
       opened = true;
+      renewal.connected();
       hooks.state('open');
       for (const taskId of options.taskIds ?? []) {
         socket.emit('subscribe', { task_id: taskId }, (ack: { ok?: boolean; error?: string } | undefined) => {
@@ -159,6 +227,15 @@ function openSocketIo(options: TaskUpdatesOptions, hooks: Hooks): () => void {
           }
         });
       }
+    }),
+  );
+  subs.add(
+    // The first event of every connection: where its stream starts, to resume from before any event came.
+    fromEvent(socket, 'stream_start', (payload: unknown) => payload).subscribe((payload) => {
+      const start = startId(payload);
+      if (start === null || (last !== null && start <= last)) return;
+      last = start;
+      hooks.started(start);
     }),
   );
   subs.add(
@@ -171,26 +248,38 @@ function openSocketIo(options: TaskUpdatesOptions, hooks: Hooks): () => void {
   );
   subs.add(
     fromEvent(socket, 'connect_error', (err: Error & { data?: { code?: string } }) => err).subscribe((err) => {
-      if (!socket.active) {
-        // The server refused the connection (bad token, missing scope, too many streams): no retry.
-        const code = err.data?.code;
-        hooks.error(new TaskUpdatesError(err.message, kindOf(undefined, code), 'socketio', undefined, code));
+      if (socket.active) {
+        hooks.failure(err);
+        hooks.state(opened ? 'reconnecting' : 'connecting');
         return;
       }
-      hooks.failure(err);
-      hooks.state(opened ? 'reconnecting' : 'connecting');
+      // The server refused the connection.
+      const code = err.data?.code;
+      if (code === 'unauthorized' && renewal.retry()) {
+        hooks.state('renewing');
+        socket.connect(); // auth() asks the token function again
+      } else if (code === 'unavailable') {
+        // Full, or the identity provider's keys are out of reach: worth another try later.
+        hooks.failure(err);
+        hooks.state(opened ? 'reconnecting' : 'connecting');
+        retryTimer = setTimeout(() => socket.connect(), reconnectDelay);
+      } else {
+        hooks.error(new TaskUpdatesError(err.message, kindOf(undefined, code), 'socketio', undefined, code));
+      }
     }),
   );
   subs.add(
     // 'disconnect' has two arguments (reason, description): keep the reason.
     fromEvent(socket, 'disconnect', (reason: string) => reason).subscribe((reason) => {
       if (reason === 'io client disconnect') return;
-      hooks.state('reconnecting');
-      if (reason === 'io server disconnect') socket.connect(); // e.g. the token expired; connect_error tells
+      hooks.state(tokenExpired(sentToken) ? 'renewing' : 'reconnecting');
+      // The server ended it, e.g. the token expired: socket.io-client does not come back by itself.
+      if (reason === 'io server disconnect') socket.connect();
     }),
   );
   socket.connect();
   return () => {
+    if (retryTimer !== undefined) clearTimeout(retryTimer);
     subs.unsubscribe();
     socket.disconnect();
   };
@@ -208,6 +297,7 @@ function openSse(options: TaskUpdatesOptions, hooks: Hooks): () => void {
   const baseDelay = options.reconnectDelayMs ?? 1000;
   const maxDelay = options.maxReconnectDelayMs ?? 10000;
   const accept = wanted(options);
+  const renewal = new Renewal(options.token);
   let last = hooks.start;
   let source: EventSource | null = null;
   let timer: ReturnType<typeof setTimeout> | undefined;
@@ -216,14 +306,13 @@ function openSse(options: TaskUpdatesOptions, hooks: Hooks): () => void {
   let everOpened = false;
   let done = false;
 
-  const url = (): string => {
+  const url = (token: string | undefined): string => {
     const params = new URLSearchParams();
     for (const taskId of options.taskIds ?? []) params.append('task_id', taskId);
-    const token = resolveToken(options.token);
     if (token) params.set('access_token', token);
     if (last !== null) params.set('last_event_id', String(last));
-    const query = params.toString();
-    return `${trimBase(options.baseUrl)}/task_updates${query ? `?${query}` : ''}`;
+    params.set('stream_start', '1');
+    return `${trimBase(options.baseUrl)}/task_updates?${params.toString()}`;
   };
 
   const fail = (err: TaskUpdatesError): void => {
@@ -231,10 +320,10 @@ function openSse(options: TaskUpdatesOptions, hooks: Hooks): () => void {
     hooks.error(err);
   };
 
-  const schedule = (delayMs?: number): void => {
+  const schedule = (delayMs?: number, state?: ConnectionState): void => {
     const delay = delayMs ?? Math.min(maxDelay, baseDelay * 2 ** Math.max(0, failures - 1));
-    hooks.state(everOpened ? 'reconnecting' : 'connecting');
-    timer = setTimeout(connect, delay);
+    hooks.state(state ?? (everOpened ? 'reconnecting' : 'connecting'));
+    timer = setTimeout(() => void connect(), delay);
   };
 
   // EventSource does not tell why it failed: ask the same URL with fetch, and give up on a 4xx.
@@ -267,6 +356,10 @@ function openSse(options: TaskUpdatesOptions, hooks: Hooks): () => void {
       if (probe === controller) probe = null;
     }
     if (done) return;
+    if (status === 401 && renewal.retry()) {
+      schedule(0, 'renewing'); // connect() asks the token function again
+      return;
+    }
     if (status !== undefined && status >= 400 && status < 500 && status !== 408 && status !== 429) {
       fail(new TaskUpdatesError(`SSE ${status}: ${message}`, kindOf(status, code), 'sse', status, code));
       return;
@@ -275,10 +368,21 @@ function openSse(options: TaskUpdatesOptions, hooks: Hooks): () => void {
     schedule(retryAfter !== undefined ? retryAfter * 1000 : undefined);
   };
 
-  const connect = (): void => {
+  const connect = async (): Promise<void> => {
     timer = undefined;
     if (done) return;
-    const target = url();
+    let token: string | undefined;
+    try {
+      token = await currentToken(options.token);
+    } catch (err) {
+      if (done) return;
+      failures += 1;
+      hooks.failure(asError(err, 'the token function failed'));
+      schedule();
+      return;
+    }
+    if (done) return;
+    const target = url(token);
     const es = new ES(target);
     source = es;
     let opened = false;
@@ -286,8 +390,21 @@ function openSse(options: TaskUpdatesOptions, hooks: Hooks): () => void {
       opened = true;
       everOpened = true;
       failures = 0;
+      renewal.connected();
       hooks.state('open');
     };
+    // The opening block names where the stream starts (?stream_start=1), to resume from before any event came.
+    es.addEventListener('stream_start', (message: Event) => {
+      let start: number | null = null;
+      try {
+        start = startId(JSON.parse(String((message as MessageEvent).data)));
+      } catch {
+        return;
+      }
+      if (start === null || (last !== null && start <= last)) return;
+      last = start;
+      hooks.started(start);
+    });
     es.onmessage = (message: MessageEvent) => {
       let payload: unknown;
       try {
@@ -301,10 +418,14 @@ function openSse(options: TaskUpdatesOptions, hooks: Hooks): () => void {
       if (accept(payload)) hooks.next(payload);
     };
     es.onerror = () => {
-      // Close it ourselves: our reconnect carries ?last_event_id= and a fresh token.
+      // Close it ourselves: our reconnect carries ?last_event_id= and the token of the moment.
       es.close();
       if (source !== es || done) return;
       source = null;
+      if (opened && tokenExpired(token)) {
+        schedule(0, 'renewing'); // the server ended the stream as the token expired: come back with a fresh one
+        return;
+      }
       failures += 1;
       if (opened) {
         hooks.failure(new Error('the event stream was interrupted'));
@@ -317,7 +438,7 @@ function openSse(options: TaskUpdatesOptions, hooks: Hooks): () => void {
   };
 
   hooks.state('connecting');
-  connect();
+  void connect();
   return () => {
     done = true;
     if (timer !== undefined) clearTimeout(timer);

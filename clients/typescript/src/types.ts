@@ -29,12 +29,21 @@ export type Transport = 'socketio' | 'sse';
  * - `connecting`: the first connection attempt is under way
  * - `open`: connected, events flow
  * - `reconnecting`: the connection dropped or an attempt failed; the client retries by itself
+ * - `renewing`: the token expired (or was refused): the client asks the token function for a fresh one and
+ *   reconnects, resuming after the last event
  * - `closed`: not connected (never subscribed, unsubscribed, or failed for good)
  */
-export type ConnectionState = 'connecting' | 'open' | 'reconnecting' | 'closed';
+export type ConnectionState = 'connecting' | 'open' | 'reconnecting' | 'renewing' | 'closed';
 
-/** A token, or a function asked for the current one at every (re)connect. */
-export type TokenSource = string | null | undefined | (() => string | null | undefined);
+/** A token, as such or as the answer of the token function. */
+export type Token = string | null | undefined;
+
+/**
+ * A token, or a function asked for the current one before every connect and reconnect (it may return a
+ * Promise, e.g. an OpenID Connect library's `getAccessToken()`): a fresh token is asked for when the server
+ * ends a stream because its token expired, or refuses a token.
+ */
+export type TokenSource = Token | (() => Token | PromiseLike<Token>);
 
 /** The EventSource constructor to use (the browser's by default; e.g. the `eventsource` package in Node). */
 export type EventSourceConstructor = new (url: string, init?: { withCredentials?: boolean }) => EventSource;
@@ -43,7 +52,7 @@ export interface TaskUpdatesOptions {
   /** The service's base URL, e.g. `http://localhost:5000` (a trailing slash is fine). */
   baseUrl: string;
   transport: Transport;
-  /** A bearer token with the scope `updates:read` (none when the server runs with auth off). */
+  /** A bearer token with the scope `updates:read`, or a function giving the current one (none with auth off). */
   token?: TokenSource;
   /** Only these tasks' events (all visible tasks when absent or empty). */
   taskIds?: readonly string[];

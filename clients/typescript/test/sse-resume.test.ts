@@ -8,15 +8,23 @@ class FakeEventSource {
   onopen: ((e: Event) => void) | null = null;
   onmessage: ((e: MessageEvent) => void) | null = null;
   onerror: ((e: Event) => void) | null = null;
+  listeners = new Map<string, (e: Event) => void>();
   closed = false;
   constructor(readonly url: string) {
     FakeEventSource.made.push(this);
+  }
+  addEventListener(type: string, listener: (e: Event) => void): void {
+    this.listeners.set(type, listener);
   }
   close(): void {
     this.closed = true;
   }
   open(): void {
     this.onopen?.(new Event('open'));
+  }
+  start(lastEventId: number): void {
+    const data = JSON.stringify({ last_event_id: lastEventId });
+    this.listeners.get('stream_start')?.(new MessageEvent('stream_start', { data, lastEventId: String(lastEventId) }));
   }
   send(id: number, taskId = 't'): void {
     const payload = { id, type: 'task.updated', task_id: taskId, task: { task_id: taskId }, occurred_at: 'x' };
@@ -28,6 +36,13 @@ class FakeEventSource {
 }
 
 const tick = (ms = 0) => new Promise((ok) => setTimeout(ok, ms));
+
+async function waitForSource(count: number): Promise<void> {
+  for (let n = 0; FakeEventSource.made.length < count; n++) {
+    if (n > 500) throw new Error(`no EventSource number ${count}`);
+    await tick(2);
+  }
+}
 
 describe('SSE resume bookkeeping', () => {
   it('drops events at or below the last id and resumes with ?last_event_id= and the token', async () => {
@@ -41,8 +56,9 @@ describe('SSE resume bookkeeping', () => {
       eventSource: FakeEventSource as unknown as EventSourceConstructor,
       reconnectDelayMs: 1,
     }).subscribe((e) => seen.push(e));
+    await tick();
     const first = FakeEventSource.made[0]!;
-    expect(first.url).toBe('http://api.test/task_updates?task_id=t&access_token=tok');
+    expect(first.url).toBe('http://api.test/task_updates?task_id=t&access_token=tok&stream_start=1');
     first.open();
     first.send(1);
     first.send(2);
@@ -52,7 +68,7 @@ describe('SSE resume bookkeeping', () => {
     expect(first.closed).toBe(true);
     await tick(20);
     const second = FakeEventSource.made[1]!;
-    expect(second.url).toBe('http://api.test/task_updates?task_id=t&access_token=tok&last_event_id=2');
+    expect(second.url).toBe('http://api.test/task_updates?task_id=t&access_token=tok&last_event_id=2&stream_start=1');
     second.open();
     second.send(2);
     second.send(3);
@@ -61,7 +77,27 @@ describe('SSE resume bookkeeping', () => {
     expect(second.closed).toBe(true);
   });
 
-  it('probes with fetch when a stream fails before it opens, and errors on a 401', async () => {
+  it('resumes from the stream_start id when it saw no event', async () => {
+    FakeEventSource.made = [];
+    const stream = taskUpdates({
+      baseUrl: 'http://api.test',
+      transport: 'sse',
+      eventSource: FakeEventSource as unknown as EventSourceConstructor,
+      reconnectDelayMs: 1,
+    });
+    const sub = stream.subscribe();
+    await tick();
+    const first = FakeEventSource.made[0]!;
+    first.open();
+    first.start(41);
+    expect(stream.lastEventId).toBe(41);
+    first.fail();
+    await tick(20);
+    expect(FakeEventSource.made[1]!.url).toBe('http://api.test/task_updates?last_event_id=41&stream_start=1');
+    sub.unsubscribe();
+  });
+
+  it('probes with fetch when a stream fails before it opens; on a 401 asks the token function once more', async () => {
     FakeEventSource.made = [];
     const probed: string[] = [];
     const fakeFetch = (async (url: string) => {
@@ -71,17 +107,27 @@ describe('SSE resume bookkeeping', () => {
         headers: { 'Content-Type': 'application/json' },
       });
     }) as unknown as typeof fetch;
+    let asked = 0;
     const error = await new Promise<unknown>((ok) => {
       taskUpdates({
         baseUrl: 'http://api.test',
         transport: 'sse',
-        token: () => 'old',
+        token: async () => `old${++asked}`,
         eventSource: FakeEventSource as unknown as EventSourceConstructor,
         fetch: fakeFetch,
       }).subscribe({ error: ok });
-      FakeEventSource.made[0]!.fail();
+      void (async () => {
+        for (let n = 1; n <= 2; n++) {
+          await waitForSource(n);
+          FakeEventSource.made[n - 1]!.fail();
+        }
+      })();
     });
-    expect(probed).toEqual(['http://api.test/task_updates?access_token=old']);
+    expect(asked).toBe(2);
+    expect(probed).toEqual([
+      'http://api.test/task_updates?access_token=old1&stream_start=1',
+      'http://api.test/task_updates?access_token=old2&stream_start=1',
+    ]);
     expect(error).toBeInstanceOf(TaskUpdatesError);
     expect(error).toMatchObject({ kind: 'unauthorized', status: 401, code: 'unauthorized', transport: 'sse' });
   });
@@ -104,6 +150,7 @@ describe('SSE resume bookkeeping', () => {
     const states: string[] = [];
     stream.state$.subscribe((s) => states.push(s));
     const sub = stream.subscribe();
+    await tick();
     for (let i = 0; i < 3; i++) {
       FakeEventSource.made.at(-1)!.fail();
       await tick(20);

@@ -144,13 +144,91 @@ describe.each(TRANSPORTS)('over %s', (transport) => {
     await waitUntil(() => rec.events, (e) => e.length === 1, 5_000, 'the first event');
     token = makeToken('admin@example.com', ['updates:read', 'admin'], 3600);
     // The server closes the stream when the short token expires; the client comes back with the new one.
-    await until(() => rec.states.includes('reconnecting'), 'the server to close the expired stream');
+    await until(() => rec.states.includes('renewing'), 'the server to close the expired stream');
     await until(isOpen(rec), 'the reconnect');
     const second = await postUpdate(server.baseUrl, { task_id: `${transport}-exp`, title: 'second' });
     await waitUntil(() => rec.events, (e) => e.length === 2, 5_000, 'the second event');
     expect(rec.events.map((e) => e.id)).toEqual([first.event_id, second.event_id]);
     expect(rec.error).toBeUndefined();
     rec.unsubscribe();
+  });
+
+  it('renews an expired token from an async token function and resumes with no gap and no duplicate', async () => {
+    let calls = 0;
+    let release: () => void = () => undefined;
+    const renewed = new Promise<void>((ok) => (release = ok));
+    const rec = record(
+      opts({
+        token: async () => {
+          calls += 1;
+          if (calls === 1) return makeToken('admin@example.com', ['updates:read', 'admin'], 2);
+          await renewed; // the login service takes its time: events are posted meanwhile
+          return makeToken('admin@example.com', ['updates:read', 'admin'], 3600);
+        },
+      }),
+    );
+    await until(isOpen(rec), 'open');
+    const before = await postUpdate(server.baseUrl, { task_id: `${transport}-renew`, title: 'before' });
+    await waitUntil(() => rec.events, (e) => e.length === 1, 5_000, 'the first event');
+    await until(() => rec.states.at(-1) === 'renewing' && calls === 2, 'the renewal after the token expired');
+    const away = [
+      await postUpdate(server.baseUrl, { task_id: `${transport}-renew`, title: 'while renewing' }),
+      await postUpdate(server.baseUrl, { task_id: `${transport}-other`, title: 'also while renewing' }),
+    ];
+    release();
+    await until(isOpen(rec), 'the reconnect with the fresh token');
+    const after = await postUpdate(server.baseUrl, { task_id: `${transport}-renew`, title: 'after' });
+    await waitUntil(() => rec.events, (e) => e.length >= 4, 5_000, 'the missed and the new events');
+    expect(rec.events.map((e) => e.id)).toEqual([before, ...away, after].map((a) => a.event_id));
+    expect(calls).toBe(2);
+    expect(rec.states.slice(1)).toEqual(['connecting', 'open', 'renewing', 'open']);
+    expect(rec.failures).toEqual([]);
+    expect(rec.error).toBeUndefined();
+    rec.unsubscribe();
+  });
+
+  it('resumes from where the stream started when it saw no event before its token expired', async () => {
+    let calls = 0;
+    let release: () => void = () => undefined;
+    const renewed = new Promise<void>((ok) => (release = ok));
+    const earlier = await postUpdate(server.baseUrl, { task_id: `${transport}-quiet`, title: 'before the stream' });
+    const rec = record(
+      opts({
+        token: async () => {
+          calls += 1;
+          if (calls === 1) return makeToken('admin@example.com', ['updates:read', 'admin'], 2);
+          await renewed;
+          return ADMIN;
+        },
+      }),
+    );
+    await until(() => rec.states.at(-1) === 'renewing' && calls === 2, 'the renewal after the token expired');
+    expect(rec.events).toEqual([]);
+    const away = [
+      await postUpdate(server.baseUrl, { task_id: `${transport}-quiet`, title: 'while renewing' }),
+      await postUpdate(server.baseUrl, { task_id: `${transport}-quiet`, title: 'also while renewing' }),
+    ];
+    release();
+    await waitUntil(() => rec.events, (e) => e.length >= 2, 10_000, 'the events made while renewing');
+    expect(rec.events.map((e) => e.id)).toEqual(away.map((a) => a.event_id));
+    expect(earlier.event_id).toBeLessThan(away[0]!.event_id);
+    rec.unsubscribe();
+  });
+
+  it('asks the token function once more when its token is refused, then gives up', async () => {
+    const expired = makeToken('admin@example.com', ['updates:read', 'admin'], -10);
+    const answers = [expired, ADMIN];
+    let calls = 0;
+    const rec = record(opts({ token: () => answers[Math.min(calls++, answers.length - 1)] }));
+    await until(isOpen(rec), 'open with the second token');
+    expect(calls).toBe(2);
+    expect(rec.states).toContain('renewing');
+    rec.unsubscribe();
+    let stale = 0;
+    const refused = record(opts({ token: () => (stale++, expired) }));
+    await until(() => refused.error !== undefined, 'the error');
+    expect(refused.error).toMatchObject({ kind: 'unauthorized', transport });
+    expect(stale).toBe(2);
   });
 
   it('ends with unauthorized when the token expires and no new one comes', async () => {

@@ -23,6 +23,7 @@ import {
 } from 'rxjs';
 
 import { APP_CONFIG } from './config';
+import { LoginService } from './login.service';
 
 /**
  * Live task events for the app, over the transport of the moment. Switching transport closes the
@@ -31,6 +32,7 @@ import { APP_CONFIG } from './config';
 @Injectable({ providedIn: 'root' })
 export class TaskUpdatesService {
   private readonly config = inject(APP_CONFIG);
+  private readonly login = inject(LoginService);
   private readonly transportSubject = new BehaviorSubject<Transport>(this.config.transport);
   private readonly streams = new ReplaySubject<TaskUpdateStream>(1);
   private readonly problems = new BehaviorSubject<string | null>(null);
@@ -44,7 +46,9 @@ export class TaskUpdatesService {
       const stream = taskUpdates({
         baseUrl: this.config.apiBaseUrl,
         transport,
-        token: () => this.config.token,
+        // Asked before every connect, and again when the server ends the stream as the token expired
+        // (state$ shows 'renewing' meanwhile).
+        token: () => this.login.accessToken(),
         lastEventId: this.lastEventId,
       });
       this.problems.next(null);
@@ -61,7 +65,7 @@ export class TaskUpdatesService {
     share(),
   );
 
-  /** The connection state of the current transport; `refused` once it gave up. */
+  /** The connection state of the current transport (`renewing` while a fresh token is fetched); `refused` once it gave up. */
   readonly state$: Observable<ConnectionState | 'refused'> = this.streams.pipe(
     switchMap((stream) =>
       combineLatest([stream.state$, this.problems]).pipe(
