@@ -26,15 +26,18 @@ def scenario(run: Run, results: dict[str, Any]) -> None:
     run.save(results)
 
 
-def bench_message(i: int) -> Message:
+def bench_message(i: int, templates: Any = None, links: Any = None) -> Message:
     """The service's own task email (channels.build_email) for the i-th write of the backlog."""
     from channels import Delivery, build_email
+    from email_templates import EmailTemplates
+    from preferences import UnsubscribeLinks
 
     event = {"id": i, "type": "task.updated", "task_id": f"w-{i % 1000}", "occurred_at": "2026-11-29T03:00:00.000Z",
              "task": {"title": f"write {i}", "status": "open", "description": "",
                       "user_email": f"user{i % 100}@example.com"}}
     return build_email(Delivery(notification_id=i, channel="email", recipient=f"user{i % 100}@example.com",
-                                attempt=1, event=event), "tasks@example.com")
+                                attempt=1, event=event), "tasks@example.com",
+                       templates or EmailTemplates(), links or UnsubscribeLinks("bench", "http://127.0.0.1:5000"))
 
 
 def backlog(run: Run, count: int) -> dict[str, Any]:
@@ -97,7 +100,11 @@ def backlog(run: Run, count: int) -> dict[str, Any]:
         log(f"  worker delivered {delivered} in {ended - started:.1f}s")
         # the limit: bare smtplib over one connection
         sink.reset()
-        messages = [bench_message(i) for i in range(built["ok"])]
+        from email_templates import EmailTemplates
+        from preferences import UnsubscribeLinks
+
+        templates, links = EmailTemplates(), UnsubscribeLinks("bench", "http://127.0.0.1:5000")
+        messages = [bench_message(i, templates, links) for i in range(built["ok"])]
         started = time.perf_counter()
         with smtplib.SMTP("127.0.0.1", sink.port, timeout=30) as smtp:
             for message in messages:
