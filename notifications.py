@@ -200,14 +200,16 @@ class NotificationWorker:
             with self._work:
                 self._work_waiting = False
             try:
-                batch = self.claim_due(CLAIM_BATCH)
-            except SQLAlchemyError:
+                batch, claimed = self._claim(CLAIM_BATCH)
+            except (SQLAlchemyError, self.store.engine.dialect.dbapi.Error):
                 logger.exception("claiming notifications failed")
                 self._stopping.wait(self.poll_seconds)
                 continue
             if batch:
                 self._deliver_batch(batch)
                 continue
+            if claimed:
+                continue  # every row claimed was held or suppressed: more may be due
             with self._work:
                 woken = self._work_waiting or self._work.wait(self._idle_timeout())
             if woken:
@@ -275,6 +277,10 @@ class NotificationWorker:
         Email rows claimed for the first time meet their user's preferences here:
         those suppressed or held are settled in the same transaction and not returned.
         """
+        return self._claim(limit)[0]
+
+    def _claim(self, limit: int) -> tuple[list[Delivery], int]:
+        """claim_due(), and how many due rows it took (delivered, held or suppressed)."""
         now = self.clock()
         outcomes: list[tuple[str, str]] = []
         with self.store.driver_write() as sql:
@@ -284,7 +290,7 @@ class NotificationWorker:
                 "SELECT id FROM notifications WHERE status IN ('pending', 'retrying') AND next_attempt_at <= :now "
                 f"ORDER BY next_attempt_at, id LIMIT :limit{skip_locked}", {"now": now, "limit": limit})]
             if not ids:
-                return []
+                return [], 0
             claimed = self._read_claimed(sql, ids)
             deliver: list[_Claimed] = []
             for row in claimed:
@@ -301,7 +307,7 @@ class NotificationWorker:
         if self.observer is not None:
             for channel, outcome in outcomes:
                 self.observer.delivery(channel, outcome, None)
-        return deliveries
+        return deliveries, len(ids)
 
     def _read_claimed(self, sql: DriverSQL, ids: list[int]) -> list[_Claimed]:
         placeholders, params = sql.in_list("id", ids)

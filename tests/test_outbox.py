@@ -175,3 +175,30 @@ def test_lifecycle_is_explicit(store):
         worker.start()
     worker.stop()
     assert worker.state is WorkerState.STOPPED
+
+
+def test_a_claim_that_only_holds_rows_does_not_make_the_workers_wait(store):
+    """Rows folded into a digest are work done: the workers claim the next ones at once, not after a poll."""
+    import preferences
+    from schemas import Preferences
+
+    preferences.save(store, "a@example.com", Preferences.model_validate(
+        {"email": {"enabled": True, "events": ["task.created", "task.updated", "task.deleted"],
+                   "digest_seconds": 3600}, "timezone": "UTC", "quiet_hours": None}))
+    for n in range(45):
+        add_task(store, str(n))
+    worker = make_worker(store, RecordingChannel(), workers=1, poll_seconds=30)
+    worker.start()
+    worker.wake()
+    try:
+        wait_for(lambda: held(store) == 45, 10, "every row held")
+    finally:
+        worker.stop()
+    with store.read() as session:
+        digests = list(session.scalars(select(Notification).where(Notification.kind == "digest")))
+    assert len(digests) == 1 and digests[0].status == "pending"
+
+
+def held(store: Store) -> int:
+    with store.read() as session:
+        return len(list(session.scalars(select(Notification).where(Notification.status == "held"))))
