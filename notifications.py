@@ -318,15 +318,30 @@ class NotificationWorker:
             params)
         return [_Claimed(id=r[0], kind=r[1], channel=r[2], recipient=r[3], attempts=r[4], user_email=r[5],
                          created_at=sql.read_datetime(r[6]), status=r[7], event_type=r[8], payload=r[9],
-                         preferences=self.default_preferences if r[10] is None else preferences.decode(r[10]))
+                         preferences=self._preferences(r[5], r[10]))
                 for r in rows]
 
+    def _preferences(self, user_email: str, document: str | None) -> Preferences:
+        if document is None:
+            return self.default_preferences
+        try:
+            return preferences.decode(document)
+        except ValueError:  # changed by hand in the database, or a time zone this machine no longer knows
+            logger.error("the stored preferences of %s are not valid: the defaults apply", user_email, exc_info=True)
+            return self.default_preferences
+
     def _decision(self, row: _Claimed, now: datetime) -> Decision:
-        """Send, suppress or hold: only a user's email rows (and their digests), and only at their first claim."""
-        if row.channel not in USER_CHANNELS or row.attempts != 0 or row.status != "pending":
+        """Send, suppress or hold a user's email rows (webhooks are always sent).
+
+        Email turned off stops every row not yet sent (a retry, a digest); the rest of the
+        preferences apply once, when an event's email is first claimed.
+        """
+        if row.channel not in USER_CHANNELS:
             return preferences.SEND
-        if row.kind == "digest":  # turned off since its events were held: the digest goes too
-            return preferences.SEND if row.preferences.email.enabled else Decision("suppress", "email.enabled")
+        if not row.preferences.email.enabled:
+            return Decision("suppress", "email.enabled")
+        if row.kind == "digest" or row.attempts != 0 or row.status != "pending":
+            return preferences.SEND
         return preferences.decide(row.preferences, row.event_type or "", row.created_at, now)
 
     def _suppress(self, sql: DriverSQL, row: _Claimed, reason: str) -> None:
@@ -499,13 +514,12 @@ def _covered(session: Any, rows: list[Notification]) -> dict[int, list[int]]:
     return covered
 
 
-def build_channels(config: Mapping[str, Any], links: UnsubscribeLinks | None = None,
-                   templates: EmailTemplates | None = None) -> dict[str, Channel]:
+def build_channels(config: Mapping[str, Any], links: UnsubscribeLinks,
+                   templates: EmailTemplates) -> dict[str, Channel]:
     """The configured channels: email when SMTP_HOST is set (log otherwise), and webhook with WEBHOOK_URL."""
     channels: dict[str, Channel] = {}
     if config.get("SMTP_HOST"):
-        links = links or UnsubscribeLinks(config["SECRET_KEY"] or "", preferences.public_url(config))
-        channels["email"] = EmailChannel(config, links, templates or EmailTemplates(config.get("EMAIL_TEMPLATES_DIR")))
+        channels["email"] = EmailChannel(config, links, templates)
     else:
         channels["log"] = LogChannel()
     if config.get("WEBHOOK_URL"):
