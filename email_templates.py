@@ -43,6 +43,19 @@ class Rendered:
     html: str
 
 
+class _Environment(Environment):
+    """Jinja2's environment, reading `task.title` from a dict by key first.
+
+    The templates' values are the event's JSON (dicts): Jinja2 tries getattr
+    first, and the AttributeError of each miss cost half of a rendering.
+    """
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if type(obj) is dict and attribute in obj:
+            return obj[attribute]
+        return super().getattr(obj, attribute)
+
+
 def _one_line(exc: Exception) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
@@ -57,7 +70,7 @@ class EmailTemplates:
             if not Path(folder).is_dir():
                 raise TemplateProblem(f"email templates: {folder} is not a folder")
             loaders.insert(0, FileSystemLoader(folder))
-        self.env = Environment(
+        self.env = _Environment(
             loader=ChoiceLoader(loaders),
             autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False, default=False),
             undefined=StrictUndefined,
