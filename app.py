@@ -42,6 +42,7 @@ import migrate
 import notifications
 import openapi
 import pages
+import preferences_api
 import streams
 import tasks_api
 from broker import Broker, InMemoryBroker, RelayedBroker
@@ -91,6 +92,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["outbox"] = db.Outbox(notifications.outbox_targets(worker.channels, app.config))
     hub = streams.init_app(app, store, broker)
     tasks_api.init_app(app)
+    preferences_api.init_app(app)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(pages.bp)
     observer.init_app(app, stream_counts=lambda: hub.counts, outbox_counts=lambda: metrics.outbox_counts(store))

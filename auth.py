@@ -167,15 +167,16 @@ def _request_token(allow_query: bool) -> str | None:
     return None
 
 
-def authenticate(scope: str, *, allow_query_token: bool = False) -> Viewer:
-    """The request's viewer, which must hold scope: APIError 401 without a valid token, 403 without the scope."""
+def authenticate(scope: str | None, *, allow_query_token: bool = False) -> Viewer:
+    """The request's viewer, which must hold scope (None: any valid token will do): APIError 401 without a valid
+    token, 403 without the scope."""
     try:
         viewer = viewer_for_token(_request_token(allow_query_token))
     except ProviderUnavailable as exc:
         raise APIError(503, str(exc), headers={"Retry-After": str(exc.retry_after)}) from None
     except TokenError as exc:
         raise APIError(401, str(exc), headers={"WWW-Authenticate": 'Bearer realm="tasks"'}) from None
-    if not viewer.has(scope):
+    if scope is not None and not viewer.has(scope):
         raise APIError(403, f"the token lacks the scope {scope!r}")
     g.viewer = viewer
     return viewer
@@ -184,8 +185,8 @@ def authenticate(scope: str, *, allow_query_token: bool = False) -> Viewer:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def requires(scope: str, *, allow_query_token: bool = False) -> Callable[[F], F]:
-    """A view decorator: authenticate the request and require scope before the view runs."""
+def requires(scope: str | None, *, allow_query_token: bool = False) -> Callable[[F], F]:
+    """A view decorator: authenticate the request and require scope (None: any) before the view runs."""
 
     def decorate(view: F) -> F:
         @wraps(view)

@@ -6,7 +6,6 @@ DeliveryError otherwise; the error says whether trying again can help.
 
 from __future__ import annotations
 
-import html
 import logging
 import re
 import smtplib
@@ -18,20 +17,29 @@ from email.header import Header
 from email.message import EmailMessage, Message
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+from email_templates import EmailTemplates, Rendered
+
+if TYPE_CHECKING:
+    from preferences import UnsubscribeLinks
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Delivery:
-    """One notification to deliver: the outbox row's id, where it goes, and the event it tells of."""
+    """One notification to deliver: the outbox row's id, where it goes, and the event it tells of.
+
+    A digest tells of no single event (event is None): digest holds the events it covers, oldest first.
+    """
 
     notification_id: int
     channel: str
     recipient: str
     attempt: int
-    event: dict[str, Any]
+    event: dict[str, Any] | None
+    digest: tuple[dict[str, Any], ...] | None = None
 
 
 class DeliveryError(Exception):
@@ -54,7 +62,12 @@ class LogChannel:
     name = "log"
 
     def send(self, delivery: Delivery) -> None:
-        event = delivery.event
+        if delivery.digest is not None:
+            tasks = sorted({event["task_id"] for event in delivery.digest})
+            logger.info("notification %s: digest of %s events for %s, tasks %s", delivery.notification_id,
+                        len(delivery.digest), delivery.recipient, ", ".join(tasks))
+            return
+        event = _event(delivery)
         logger.info(
             "notification %s: %s %s for %s",
             delivery.notification_id,
@@ -64,9 +77,14 @@ class LogChannel:
         )
 
 
-_LINE_BREAKS = re.compile(r"[\r\n\t\x0b\x0c\x85\u2028\u2029]+")
+def _event(delivery: Delivery) -> dict[str, Any]:
+    if delivery.event is None:
+        raise DeliveryError(f"notification {delivery.notification_id} tells of no event", retryable=False)
+    return delivery.event
 
-_VERBS = {"task.created": "created", "task.updated": "updated", "task.deleted": "deleted"}
+
+_LINE_BREAKS = re.compile(r"[\r\n\t\x0b\x0c\x85\u2028\u2029]+")
+SUBJECT_LIMIT = 300
 
 
 def header_text(value: str, limit: int = 200) -> str:
@@ -74,54 +92,56 @@ def header_text(value: str, limit: int = 200) -> str:
     return _LINE_BREAKS.sub(" ", value).strip()[:limit]
 
 
-def build_email(delivery: Delivery, mail_from: str) -> Message:
-    """The message for one notification (text and HTML); its Message-ID is the same on every retry.
+def render(delivery: Delivery, templates: EmailTemplates, links: UnsubscribeLinks) -> Rendered:
+    """The subject, text and HTML of a notification: its event's, or a digest's (one event: that event's)."""
+    unsubscribe_url = links.url(delivery.recipient)
+    events = delivery.digest
+    if events is not None and len(events) != 1:
+        if not events:
+            raise DeliveryError(f"digest {delivery.notification_id} covers no event", retryable=False)
+        return templates.render_digest(delivery.notification_id, events, recipient=delivery.recipient,
+                                       unsubscribe_url=unsubscribe_url, public_url=links.public_url)
+    event = events[0] if events else _event(delivery)
+    return templates.render_event(event, recipient=delivery.recipient, unsubscribe_url=unsubscribe_url,
+                                  public_url=links.public_url)
 
+
+def build_email(delivery: Delivery, mail_from: str, templates: EmailTemplates, links: UnsubscribeLinks) -> Message:
+    """The message of one notification (text and HTML); its Message-ID is the same on every retry.
+
+    Every message carries one-click unsubscribe (RFC 8058, RFC 2369). Headers
+    hold no line break whatever a template or a task says: the subject is kept
+    on one line, the rest is the service's own.
     Built with the email package's MIME classes (compat32), which take a
     quarter of the CPU of EmailMessage's default policy; a recipient or sender
     address that is not ASCII needs the latter (SMTPUTF8).
     """
-    event = delivery.event
-    task = event["task"]
-    verb = _VERBS.get(event["type"], "changed")
-    title = header_text(task.get("title") or "")
-    subject = f"Task {event['task_id']} {verb}" + (f": {title}" if title else "")
+    rendered = render(delivery, templates, links)
     domain = header_text(mail_from.rpartition("@")[2] or "localhost")
-    text = "\n".join([
-        f"Task {event['task_id']} was {verb}.",
-        "",
-        f"Title:       {task.get('title') or ''}",
-        f"Status:      {task.get('status')}",
-        f"Description: {task.get('description') or ''}",
-        "",
-        f"Event {event['id']} at {event['occurred_at']}.",
-    ])
-    rows = "".join(
-        f"<tr><th align=left>{html.escape(label)}</th><td>{html.escape(str(value or ''))}</td></tr>"
-        for label, value in (("Title", task.get("title")), ("Status", task.get("status")),
-                             ("Description", task.get("description")))
-    )
-    markup = (f"<p>Task <b>{html.escape(event['task_id'])}</b> was {verb}.</p><table>{rows}</table>"
-              f"<p><small>Event {event['id']} at {html.escape(event['occurred_at'])}.</small></p>")
     headers = {
         "From": mail_from,
         "To": delivery.recipient,
-        "Subject": subject,
+        "Subject": header_text(rendered.subject, SUBJECT_LIMIT),
         "Message-ID": f"<notification-{delivery.notification_id}@{domain}>",
-        "X-Task-Event-Id": str(event["id"]),
+        "List-Unsubscribe": f"<{links.url(delivery.recipient)}>",
+        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
     }
+    single = delivery.event if delivery.digest is None else (delivery.digest[0] if len(delivery.digest) == 1
+                                                              else None)
+    if single is not None:
+        headers["X-Task-Event-Id"] = str(single["id"])
     if not (mail_from + delivery.recipient).isascii():
         message = EmailMessage()
         for name, value in headers.items():
             message[name] = value
-        message.set_content(text)
-        message.add_alternative(markup, subtype="html")
+        message.set_content(rendered.text)
+        message.add_alternative(rendered.html, subtype="html")
         return message
     multipart = MIMEMultipart("alternative")
     for name, value in headers.items():
         multipart[name] = value if value.isascii() else Header(value, "utf-8")
-    multipart.attach(MIMEText(text, "plain", "utf-8"))
-    multipart.attach(MIMEText(markup, "html", "utf-8"))
+    multipart.attach(MIMEText(rendered.text, "plain", "utf-8"))
+    multipart.attach(MIMEText(rendered.html, "html", "utf-8"))
     return multipart
 
 
@@ -174,7 +194,9 @@ class EmailChannel:
 
     name = "email"
 
-    def __init__(self, config: Mapping[str, Any]) -> None:
+    def __init__(self, config: Mapping[str, Any], links: UnsubscribeLinks, templates: EmailTemplates) -> None:
+        self.links = links
+        self.templates = templates
         self.host: str = config["SMTP_HOST"]
         self.port: int = config["SMTP_PORT"]
         self.username: str | None = config["SMTP_USERNAME"]
@@ -185,7 +207,7 @@ class EmailChannel:
         self._local = threading.local()  # one open SMTP connection per worker thread
 
     def send(self, delivery: Delivery) -> None:
-        message = build_email(delivery, self.mail_from)
+        message = build_email(delivery, self.mail_from, self.templates, self.links)
         try:
             self._send(message)
         except (smtplib.SMTPException, OSError) as exc:

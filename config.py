@@ -172,6 +172,60 @@ def as_trusted_proxies(value: str) -> ProxyTrust:
     return ProxyTrust(**counts)
 
 
+def as_event_types(value: str) -> list[str]:
+    """A comma-separated list of task event types (empty: none)."""
+    from schemas import EVENT_TYPES
+
+    types = as_list(value)
+    unknown = [t for t in types if t not in EVENT_TYPES]
+    if unknown or len(set(types)) != len(types):
+        raise ValueError(f"expected distinct event types among {', '.join(EVENT_TYPES)}")
+    return types
+
+
+def as_digest_seconds(value: str) -> int:
+    from schemas import check_digest_seconds
+
+    return check_digest_seconds(as_int(value))
+
+
+def as_timezone(value: str) -> str:
+    from schemas import check_timezone
+
+    return check_timezone(value.strip())
+
+
+def as_quiet_hours(value: str) -> dict[str, str] | None:
+    """Quiet hours as START-END in 24-hour time ("22:00-07:00"), or "off"."""
+    if value.strip().lower() in ("off", "none"):
+        return None
+    match = re.fullmatch(r"\s*(([01]\d|2[0-3]):[0-5]\d)\s*-\s*(([01]\d|2[0-3]):[0-5]\d)\s*", value)
+    if match is None or match[1] == match[3]:
+        raise ValueError("expected START-END such as 22:00-07:00 (two different times), or off")
+    return {"start": match[1], "end": match[3]}
+
+
+def as_public_url(value: str) -> str:
+    """The base URL people reach the service at: http(s)://host[:port][/path], without query or fragment."""
+    url = value.strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment \
+            or not url.isascii() or any(c.isspace() or c in '<>"' for c in url):
+        raise ValueError("expected an http(s) URL such as https://tasks.example.com")
+    return url
+
+
+def as_templates_dir(value: str) -> str:
+    """A folder of email templates that override the package's; each one must render (checked at start)."""
+    from email_templates import EmailTemplates, TemplateProblem
+
+    try:
+        EmailTemplates(value).check()
+    except TemplateProblem as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
 # name -> (default, parser). Every name here is an environment variable of the same
 # name and is documented in the README's settings table.
 SETTINGS: dict[str, tuple[Any, Callable[[str], Any]]] = {
@@ -231,6 +285,14 @@ SETTINGS: dict[str, tuple[Any, Callable[[str], Any]]] = {
     "MAX_STREAMS_PER_USER": (20, as_int),
     "MAX_SUBSCRIPTIONS_PER_CONNECTION": (100, as_positive_int),
     "LOG_LEVEL": ("INFO", as_str),
+    "PUBLIC_URL": (None, as_public_url),
+    "EMAIL_TEMPLATES_DIR": (None, as_templates_dir),
+    "DEFAULT_EMAIL_ENABLED": (True, as_bool),
+    "DEFAULT_EMAIL_EVENTS": (["task.created", "task.updated", "task.deleted"], as_event_types),
+    "DEFAULT_DIGEST_SECONDS": (0, as_digest_seconds),
+    "DEFAULT_TIMEZONE": ("UTC", as_timezone),
+    "DEFAULT_QUIET_HOURS": (None, as_quiet_hours),
+    "NOTIFY_CLOCK_FILE": (None, as_str),
 }
 
 
@@ -246,7 +308,8 @@ def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         try:
             config[name] = parse(raw)
         except ValueError as exc:
-            raise ValueError(f"invalid value for {name}: {raw!r} ({exc})") from exc
+            reason = str(exc).splitlines()[0] if str(exc) else ""
+            raise ValueError(f"invalid value for {name}: {raw!r}" + (f" ({reason})" if reason else "")) from exc
     check_identity_provider(config)
     return config
 

@@ -114,15 +114,22 @@ class EventRow(Base):
 
 
 class Notification(Base):
-    """One delivery of one event through one channel: the outbox row."""
+    """One delivery through one channel: the outbox row.
+
+    kind "event": the email (or webhook, log line) of one event. kind "digest":
+    one email that folds a user's held event emails together; its event_id and
+    task_id are null, and the rows it covers point to it with digest_id.
+    """
 
     __tablename__ = "notifications"
-    __table_args__ = (Index("ix_notifications_due", "status", "next_attempt_at"),)
+    __table_args__ = (Index("ix_notifications_due", "status", "next_attempt_at"),
+                      # a user's rows, and the open digest of a user (preferences.py)
+                      Index("ix_notifications_user_kind_status", "user_email", "kind", "status"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    event_id: Mapped[int] = mapped_column(ForeignKey("events.id"), index=True)
-    task_id: Mapped[str] = mapped_column(String(64), index=True)
-    user_email: Mapped[str] = mapped_column(String(320), index=True)
+    event_id: Mapped[int | None] = mapped_column(ForeignKey("events.id"), index=True)
+    task_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    user_email: Mapped[str] = mapped_column(String(320))
     channel: Mapped[str] = mapped_column(String(16))
     recipient: Mapped[str] = mapped_column(String(2048))
     status: Mapped[str] = mapped_column(String(16), default="pending")
@@ -132,22 +139,45 @@ class Notification(Base):
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     sent_at: Mapped[datetime | None] = mapped_column(DateTime, default=None)
+    kind: Mapped[str] = mapped_column(String(16), default="event", server_default="event")
+    # suppressed: the preference that stopped it; held: what it waits for (digest, quiet_hours)
+    reason: Mapped[str | None] = mapped_column(String(32), default=None)
+    digest_id: Mapped[int | None] = mapped_column(ForeignKey("notifications.id"), index=True, default=None)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, event_ids: list[int] | None = None) -> dict[str, Any]:
+        """The row as the API shows it; event_ids: the events a digest covers."""
         return {
             "id": self.id,
+            "kind": self.kind,
             "event_id": self.event_id,
             "task_id": self.task_id,
             "user_email": self.user_email,
             "channel": self.channel,
             "recipient": self.recipient,
             "status": self.status,
+            "reason": self.reason,
+            "digest_id": self.digest_id,
+            "event_ids": event_ids if self.kind == "digest" else None,
             "attempts": self.attempts,
-            "next_attempt_at": isoformat(self.next_attempt_at) if self.status in ("pending", "retrying") else None,
+            "next_attempt_at": isoformat(self.next_attempt_at) if self.status in DUE_STATUSES else None,
             "last_error": self.last_error,
             "created_at": isoformat(self.created_at),
             "sent_at": isoformat(self.sent_at),
         }
+
+
+# Statuses whose next_attempt_at says when something happens next (held: when its digest may go out).
+DUE_STATUSES = ("pending", "retrying", "held")
+
+
+class PreferencesRow(Base):
+    """A user's notification preferences (preferences.py); a user without a row has the defaults."""
+
+    __tablename__ = "preferences"
+
+    user_email: Mapped[str] = mapped_column(String(320), primary_key=True)
+    document: Mapped[str] = mapped_column(Text)  # the JSON document of GET /preferences
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
 
 
 class IdempotencyKey(Base):
@@ -507,6 +537,10 @@ class DriverSQL:
         """An IN list of parameters: ("(:name0, :name1)", {"name0": ..., "name1": ...})."""
         params = {f"{name}{n}": value for n, value in enumerate(values)}
         return "(" + ", ".join(":" + key for key in params) + ")", params
+
+    def read_datetime(self, value: Any) -> datetime:
+        """A DateTime column's value as read by this cursor, as SQLAlchemy would give it."""
+        return self._from_db(value)
 
     def _db(self, values: Mapping[str, Any]) -> dict[str, Any]:
         return {k: self._to_db(v) if isinstance(v, datetime) else v for k, v in values.items()}

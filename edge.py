@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -172,6 +173,7 @@ def error_response(start_response: Any, status: int, code: str, message: str,
 
 
 def _allowed_hosts(config: Mapping[str, Any]) -> list[str]:
+    """ALLOWED_HOSTS (or its default), and the host of PUBLIC_URL: the name mail providers post unsubscribes to."""
     allowed = config.get("ALLOWED_HOSTS")
     if isinstance(allowed, str):
         allowed = as_allowed_hosts(allowed)
@@ -180,7 +182,11 @@ def _allowed_hosts(config: Mapping[str, Any]) -> list[str]:
         if config["AUTH_DISABLED"] and (config.get("HOST") or "").strip() in _ANY_ADDRESS:
             logger.warning("AUTH_DISABLED=1: only requests for %s are served; set ALLOWED_HOSTS to reach this "
                            "server by another name", ", ".join(allowed))
-    return list(allowed)
+    allowed = list(allowed)
+    public = urlsplit(config.get("PUBLIC_URL") or "").netloc.lower()
+    if public and public not in allowed:
+        allowed.append(public)
+    return allowed
 
 
 def _proxy_trust(config: Mapping[str, Any]) -> ProxyTrust:

@@ -28,8 +28,9 @@ from db import Notification, Store
 logger = logging.getLogger(__name__)
 
 UNMATCHED = "unmatched"  # the route label of a request that matched no URL rule (404, 405)
-OUTCOMES = ("sent", "retry", "dead")
-OUTBOX_STATUSES = ("pending", "retrying", "sent", "dead")
+# held: folded into a digest; suppressed: stopped by the user's preferences (preferences.py)
+OUTCOMES = ("sent", "retry", "dead", "held", "suppressed")
+OUTBOX_STATUSES = ("pending", "retrying", "sent", "dead", "held", "digested", "suppressed")
 # A client may send any method name; only these become label values, the rest are "other".
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # From an event to its delivery: usually well under a second, minutes to hours when retried.
@@ -89,7 +90,8 @@ class Metrics:
             "events_published", "Task events committed and handed to the live streams.", registry=self.registry,
         )
         self.notifications = Counter(
-            "notifications", "Notification delivery attempts, by channel and outcome (sent, retry, dead).",
+            "notifications", "Notifications settled, by channel and outcome: delivery attempts (sent, retry, dead) "
+                             "and the user's preferences (held for a digest, suppressed).",
             ["channel", "outcome"], registry=self.registry,
         )
         self.delivery_seconds = Histogram(
@@ -104,7 +106,8 @@ class Metrics:
         self.events_published.inc()
 
     def delivery(self, channel: str, outcome: str, seconds: float | None) -> None:
-        """One delivery attempt ended: sent, retry (will be tried again) or dead; seconds from event to sent."""
+        """One delivery attempt ended (sent, retry, dead), or preferences settled one (held, suppressed);
+        seconds from event to sent."""
         if outcome not in OUTCOMES:
             raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}, not {outcome!r}")
         self.notifications.labels(channel=channel, outcome=outcome).inc()

@@ -5,6 +5,13 @@ moves to the end of the lease and the claimer's token is written on it); a
 worker that dies mid-delivery leaves the row to become due again when the
 lease runs out, so nothing is lost across a crash, and a receiver may see a
 notification twice (the email's Message-ID is the same each time).
+
+A user's email rows meet that user's preferences when they are first claimed
+(preferences.decide): sent, suppressed, or held, that is folded into the
+user's open digest row, a notification of its own that comes due when its
+window closes and is then claimed, leased, retried and sent like any other.
+When a digest is claimed its held rows become `digested`: what it covers is
+fixed from then on, so every attempt sends the same email.
 """
 
 from __future__ import annotations
@@ -17,9 +24,10 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, Protocol
 
 import click
@@ -28,9 +36,14 @@ from flask.cli import with_appcontext
 from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 
+import preferences
 from broker import SubscriptionClosed
 from channels import Channel, Delivery, DeliveryError, EmailChannel, LogChannel
-from db import Notification, Store, utcnow
+from config import load_config
+from db import DriverSQL, Notification, Store, utcnow
+from email_templates import EmailTemplates
+from preferences import USER_CHANNELS, Decision, UnsubscribeLinks
+from schemas import Preferences
 from webhooks import WebhookChannel
 
 logger = logging.getLogger(__name__)
@@ -40,6 +53,9 @@ CLAIM_BATCH = 10
 # writes a second, 0.1 s rather than 0.02 cut the server's CPU per write by a fifth.
 GATHER_SECONDS = 0.1
 FLUSH_SECONDS = 1.0  # successes of a batch are recorded together, at least this often
+DIGEST_LOCK = 0x64696765  # "dige": with the user's hash, the advisory lock of folding into a digest (PostgreSQL)
+
+Clock = Callable[[], datetime]  # the current UTC time, naive, as utcnow()
 
 
 class DeliveryObserver(Protocol):
@@ -65,6 +81,46 @@ class RetryPolicy:
         return random.uniform(ceiling / 2, ceiling)
 
 
+class OffsetFileClock:
+    """UTC now plus the seconds written in a file (NOTIFY_CLOCK_FILE), read at every call; no file means 0.
+
+    For tests and demos: writing 3600 to the file makes the workers act an hour
+    later (digest windows close, quiet hours end) without waiting for it.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def __call__(self) -> datetime:
+        try:
+            text = self.path.read_text().strip()
+        except FileNotFoundError:
+            text = ""
+        try:
+            offset = float(text or 0)
+        except ValueError:
+            logger.warning("NOTIFY_CLOCK_FILE %s holds %r, not a number of seconds: taken as 0", self.path, text)
+            offset = 0.0
+        return utcnow() + timedelta(seconds=offset)
+
+
+@dataclass
+class _Claimed:
+    """A row read by claim_due, before its fate is known."""
+
+    id: int
+    kind: str
+    channel: str
+    recipient: str
+    attempts: int
+    user_email: str
+    created_at: datetime
+    status: str
+    event_type: str | None
+    payload: str | None
+    preferences: Preferences
+
+
 class NotificationWorker:
     """A pool of named threads that drain the outbox through the configured channels."""
 
@@ -78,8 +134,14 @@ class NotificationWorker:
         lease_seconds: float = 60.0,
         poll_seconds: float = 1.0,
         observer: DeliveryObserver | None = None,
+        default_preferences: Preferences | None = None,
+        clock: Clock = utcnow,
     ) -> None:
+        """default_preferences: those of users who never set any (default: the DEFAULT_* settings' defaults);
+        clock: the time the pool goes by (claims, leases, retries, digest windows, quiet hours)."""
         self.store = store
+        self.default_preferences = default_preferences or preferences.defaults_from(load_config({}))
+        self.clock = clock
         self.observer = observer
         self.channels = dict(channels)
         self.workers = workers
@@ -138,14 +200,16 @@ class NotificationWorker:
             with self._work:
                 self._work_waiting = False
             try:
-                batch = self.claim_due(CLAIM_BATCH)
-            except SQLAlchemyError:
+                batch, claimed = self._claim(CLAIM_BATCH)
+            except (SQLAlchemyError, self.store.engine.dialect.dbapi.Error):
                 logger.exception("claiming notifications failed")
                 self._stopping.wait(self.poll_seconds)
                 continue
             if batch:
                 self._deliver_batch(batch)
                 continue
+            if claimed:
+                continue  # every row claimed was held or suppressed: more may be due
             with self._work:
                 woken = self._work_waiting or self._work.wait(self._idle_timeout())
             if woken:
@@ -153,7 +217,7 @@ class NotificationWorker:
 
     def _idle_timeout(self) -> float:
         """Wait until the next retry this pool scheduled is due, or at most the poll interval."""
-        next_due, now = self._next_due, utcnow()
+        next_due, now = self._next_due, self.clock()
         if next_due is None:
             return self.poll_seconds
         if next_due <= now:
@@ -208,8 +272,17 @@ class NotificationWorker:
     # -- the outbox table ----------------------------------------------------------
 
     def claim_due(self, limit: int) -> list[Delivery]:
-        """Lease up to limit due notifications to this pool, oldest due first."""
-        now = utcnow()
+        """Lease up to limit due notifications to this pool, oldest due first.
+
+        Email rows claimed for the first time meet their user's preferences here:
+        those suppressed or held are settled in the same transaction and not returned.
+        """
+        return self._claim(limit)[0]
+
+    def _claim(self, limit: int) -> tuple[list[Delivery], int]:
+        """claim_due(), and how many due rows it took (delivered, held or suppressed)."""
+        now = self.clock()
+        outcomes: list[tuple[str, str]] = []
         with self.store.driver_write() as sql:
             # Plain SQL: workers claim at every wake-up, and SQLAlchemy's statements cost more than the claim.
             skip_locked = " FOR UPDATE SKIP LOCKED" if sql.dialect.name == "postgresql" else ""
@@ -217,17 +290,117 @@ class NotificationWorker:
                 "SELECT id FROM notifications WHERE status IN ('pending', 'retrying') AND next_attempt_at <= :now "
                 f"ORDER BY next_attempt_at, id LIMIT :limit{skip_locked}", {"now": now, "limit": limit})]
             if not ids:
-                return []
-            placeholders, params = sql.in_list("id", ids)
-            sql.execute(f"UPDATE notifications SET next_attempt_at = :until, lease_owner = :owner, "
-                        f"attempts = attempts + 1 WHERE id IN {placeholders}",
-                        {**params, "until": now + self.lease, "owner": self._token})
-            rows = sql.rows(
-                "SELECT n.id, n.channel, n.recipient, n.attempts, e.payload FROM notifications n "
-                f"JOIN events e ON e.id = n.event_id WHERE n.id IN {placeholders} ORDER BY n.id", params)
+                return [], 0
+            claimed = self._read_claimed(sql, ids)
+            deliver: list[_Claimed] = []
+            for row in claimed:
+                decision = self._decision(row, now)
+                if decision.action == "send":
+                    deliver.append(row)
+                elif decision.action == "suppress":
+                    self._suppress(sql, row, decision.reason or "")
+                    outcomes.append((row.channel, "suppressed"))
+                else:
+                    self._fold(sql, row, decision, now)
+                    outcomes.append((row.channel, "held"))
+            deliveries = self._lease(sql, deliver, now)
+        if self.observer is not None:
+            for channel, outcome in outcomes:
+                self.observer.delivery(channel, outcome, None)
+        return deliveries, len(ids)
+
+    def _read_claimed(self, sql: DriverSQL, ids: list[int]) -> list[_Claimed]:
+        placeholders, params = sql.in_list("id", ids)
+        rows = sql.rows(
+            "SELECT n.id, n.kind, n.channel, n.recipient, n.attempts, n.user_email, n.created_at, n.status, e.type, "
+            "e.payload, p.document FROM notifications n LEFT JOIN events e ON e.id = n.event_id "
+            f"LEFT JOIN preferences p ON p.user_email = n.user_email WHERE n.id IN {placeholders} ORDER BY n.id",
+            params)
+        return [_Claimed(id=r[0], kind=r[1], channel=r[2], recipient=r[3], attempts=r[4], user_email=r[5],
+                         created_at=sql.read_datetime(r[6]), status=r[7], event_type=r[8], payload=r[9],
+                         preferences=self._preferences(r[5], r[10]))
+                for r in rows]
+
+    def _preferences(self, user_email: str, document: str | None) -> Preferences:
+        if document is None:
+            return self.default_preferences
+        try:
+            return preferences.decode(document)
+        except ValueError:  # changed by hand in the database, or a time zone this machine no longer knows
+            logger.error("the stored preferences of %s are not valid: the defaults apply", user_email, exc_info=True)
+            return self.default_preferences
+
+    def _decision(self, row: _Claimed, now: datetime) -> Decision:
+        """Send, suppress or hold a user's email rows (webhooks are always sent).
+
+        Email turned off stops every row not yet sent (a retry, a digest); the rest of the
+        preferences apply once, when an event's email is first claimed.
+        """
+        if row.channel not in USER_CHANNELS:
+            return preferences.SEND
+        if not row.preferences.email.enabled:
+            return Decision("suppress", "email.enabled")
+        if row.kind == "digest" or row.attempts != 0 or row.status != "pending":
+            return preferences.SEND
+        return preferences.decide(row.preferences, row.event_type or "", row.created_at, now)
+
+    def _suppress(self, sql: DriverSQL, row: _Claimed, reason: str) -> None:
+        sql.execute("UPDATE notifications SET status = 'suppressed', reason = :reason WHERE id = :id",
+                    {"reason": reason, "id": row.id})
+        if row.kind == "digest":
+            sql.execute("UPDATE notifications SET status = 'digested' WHERE digest_id = :id AND status = 'held'",
+                        {"id": row.id})
+
+    def _fold(self, sql: DriverSQL, row: _Claimed, decision: Decision, now: datetime) -> None:
+        """Hold row in its user's open digest whose window its event falls in, or in a new one."""
+        postgres = sql.dialect.name == "postgresql"
+        if postgres:
+            # Two processes must not both open a digest for one user; SQLite writes one at a time anyway.
+            sql.execute("SELECT pg_advisory_xact_lock(:space, hashtext(:user))",
+                        {"space": DIGEST_LOCK, "user": row.user_email})
+        # A digest being claimed elsewhere is closing: SKIP LOCKED leaves it to that claim.
+        found = sql.rows(
+            "SELECT id, next_attempt_at FROM notifications WHERE user_email = :user AND kind = 'digest' "
+            "AND status = 'pending' AND channel = :channel AND attempts = 0 AND lease_owner IS NULL "
+            "AND next_attempt_at > :event_time ORDER BY id LIMIT 1" + (" FOR UPDATE SKIP LOCKED" if postgres else ""),
+            {"user": row.user_email, "channel": row.channel, "event_time": row.created_at})
+        if found:
+            digest_id, release = found[0][0], sql.read_datetime(found[0][1])
+        else:
+            release = decision.release or now
+            [(digest_id,)] = sql.rows(
+                "INSERT INTO notifications (event_id, task_id, user_email, channel, recipient, status, attempts, "
+                "next_attempt_at, created_at, kind, reason) VALUES (NULL, NULL, :user, :channel, :recipient, "
+                "'pending', 0, :release, :now, 'digest', :reason) RETURNING id",
+                {"user": row.user_email, "channel": row.channel, "recipient": row.recipient, "release": release,
+                 "now": now, "reason": decision.reason})
+        sql.execute("UPDATE notifications SET status = 'held', reason = :reason, digest_id = :digest_id, "
+                    "next_attempt_at = :release WHERE id = :id",
+                    {"reason": decision.reason, "digest_id": digest_id, "release": release, "id": row.id})
+
+    def _lease(self, sql: DriverSQL, rows: list[_Claimed], now: datetime) -> list[Delivery]:
+        """Lease rows to this pool; a digest's held rows become digested and its events are read."""
+        if not rows:
+            return []
+        placeholders, params = sql.in_list("id", [row.id for row in rows])
+        sql.execute(f"UPDATE notifications SET next_attempt_at = :until, lease_owner = :owner, "
+                    f"attempts = attempts + 1 WHERE id IN {placeholders}",
+                    {**params, "until": now + self.lease, "owner": self._token})
+        covered: dict[int, list[dict[str, Any]]] = {}
+        digests = [row.id for row in rows if row.kind == "digest"]
+        if digests:
+            marks, ids = sql.in_list("digest", digests)
+            sql.execute(f"UPDATE notifications SET status = 'digested' WHERE digest_id IN {marks} "
+                        "AND status = 'held'", ids)
+            for digest_id, payload in sql.rows(
+                    "SELECT n.digest_id, e.payload FROM notifications n JOIN events e ON e.id = n.event_id "
+                    f"WHERE n.digest_id IN {marks} ORDER BY n.event_id", ids):
+                covered.setdefault(digest_id, []).append(json.loads(payload))
         return [
-            Delivery(notification_id=r[0], channel=r[1], recipient=r[2], attempt=r[3], event=json.loads(r[4]))
-            for r in rows
+            Delivery(notification_id=row.id, channel=row.channel, recipient=row.recipient, attempt=row.attempts + 1,
+                     event=None if row.payload is None else json.loads(row.payload),
+                     digest=tuple(covered.get(row.id, ())) if row.kind == "digest" else None)
+            for row in rows
         ]
 
     def release(self, ids: list[int]) -> None:
@@ -238,18 +411,21 @@ class NotificationWorker:
             session.execute(
                 update(Notification)
                 .where(Notification.id.in_(ids), Notification.lease_owner == self._token)
-                .values(next_attempt_at=utcnow(), lease_owner=None, attempts=Notification.attempts - 1)
+                .values(next_attempt_at=self.clock(), lease_owner=None, attempts=Notification.attempts - 1)
             )
 
     def _record_sent(self, deliveries: list[Delivery]) -> None:
         if not deliveries:
             return
-        now = utcnow()
+        now = self.clock()
         self._finish(deliveries, status="sent", sent_at=now, last_error=None)
         if self.observer is not None:
             for delivery in deliveries:
-                occurred = datetime.fromisoformat(delivery.event["occurred_at"].rstrip("Z"))
-                self.observer.delivery(delivery.channel, "sent", (now - occurred).total_seconds())
+                seconds = None  # a digest is late on purpose: it does not count in the delivery time
+                if delivery.event is not None:
+                    occurred = datetime.fromisoformat(delivery.event["occurred_at"].rstrip("Z"))
+                    seconds = (now - occurred).total_seconds()
+                self.observer.delivery(delivery.channel, "sent", seconds)
 
     def _record_failure(self, delivery: Delivery, error: str, *, retryable: bool) -> None:
         """Schedule the next attempt, or mark the row dead: at once when no attempt can succeed, else at the last."""
@@ -262,7 +438,7 @@ class NotificationWorker:
             logger.error("notification %s is dead after %s attempts: %s",
                          delivery.notification_id, delivery.attempt, error)
             return
-        due = utcnow() + timedelta(seconds=self.policy.delay(delivery.attempt))
+        due = self.clock() + timedelta(seconds=self.policy.delay(delivery.attempt))
         self._finish([delivery], status="retrying", next_attempt_at=due, last_error=error)
         if self.observer is not None:
             self.observer.delivery(delivery.channel, "retry", None)
@@ -302,7 +478,9 @@ def retry_dead(store: Store, notification_id: int) -> dict[str, Any] | None:
 def get_notification(store: Store, notification_id: int) -> dict[str, Any] | None:
     with store.read() as session:
         row = session.get(Notification, notification_id)
-        return None if row is None else row.to_dict()
+        if row is None:
+            return None
+        return row.to_dict(_covered(session, [row]).get(row.id))
 
 
 def list_notifications(
@@ -318,16 +496,30 @@ def list_notifications(
         query = query.where(Notification.user_email == user_email)
     with store.read() as session:
         rows = list(session.scalars(query))
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return [row.to_dict() for row in rows], (rows[-1].id if more else None)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        covered = _covered(session, rows)
+    return [row.to_dict(covered.get(row.id)) for row in rows], (rows[-1].id if more else None)
 
 
-def build_channels(config: Mapping[str, Any]) -> dict[str, Channel]:
+def _covered(session: Any, rows: list[Notification]) -> dict[int, list[int]]:
+    """The event ids each digest among rows covers, oldest first (one query)."""
+    digests = [row.id for row in rows if row.kind == "digest"]
+    covered: dict[int, list[int]] = {digest_id: [] for digest_id in digests}
+    if digests:
+        query = (select(Notification.digest_id, Notification.event_id)
+                 .where(Notification.digest_id.in_(digests)).order_by(Notification.event_id))
+        for digest_id, event_id in session.execute(query):
+            covered[digest_id].append(event_id)
+    return covered
+
+
+def build_channels(config: Mapping[str, Any], links: UnsubscribeLinks,
+                   templates: EmailTemplates) -> dict[str, Channel]:
     """The configured channels: email when SMTP_HOST is set (log otherwise), and webhook with WEBHOOK_URL."""
     channels: dict[str, Channel] = {}
     if config.get("SMTP_HOST"):
-        channels["email"] = EmailChannel(config)
+        channels["email"] = EmailChannel(config, links, templates)
     else:
         channels["log"] = LogChannel()
     if config.get("WEBHOOK_URL"):
@@ -344,7 +536,12 @@ def outbox_targets(channels: Mapping[str, Channel], config: Mapping[str, Any]) -
 def init_app(app: Flask, store: Store, observer: DeliveryObserver | None = None) -> NotificationWorker:
     """Build the app's channels and worker pool; the pool starts only when asked (see app.py)."""
     config = app.config
-    channels = build_channels(config)
+    links = UnsubscribeLinks(config["SECRET_KEY"], preferences.public_url(config))
+    templates = EmailTemplates(config.get("EMAIL_TEMPLATES_DIR"))
+    templates.check()  # a broken template stops the start, rather than every email it would render
+    app.extensions["unsubscribe"] = links
+    app.extensions["default_preferences"] = defaults = preferences.defaults_from(config)
+    channels = build_channels(config, links, templates)
     worker = NotificationWorker(
         store,
         channels,
@@ -357,6 +554,8 @@ def init_app(app: Flask, store: Store, observer: DeliveryObserver | None = None)
         lease_seconds=config["NOTIFY_LEASE_SECONDS"],
         poll_seconds=config["NOTIFY_POLL_SECONDS"],
         observer=observer,
+        default_preferences=defaults,
+        clock=OffsetFileClock(config["NOTIFY_CLOCK_FILE"]) if config.get("NOTIFY_CLOCK_FILE") else utcnow,
     )
     app.extensions["notifications"] = worker
     return worker

@@ -25,6 +25,8 @@ from schemas import (
     EventListQuery,
     NotificationListQuery,
     NotificationStatus,
+    Preferences,
+    PreferencesQuery,
     TaskId,
     TaskListQuery,
     TaskPatch,
@@ -82,17 +84,26 @@ class Event(_Response):
 
 
 class Notification(_Response):
-    """One delivery of one event through one channel (the outbox row)."""
+    """One delivery through one channel (the outbox row): an event's, or a digest folding a user's held emails."""
 
     id: int = Field(ge=1)
-    event_id: int = Field(ge=1)
-    task_id: TaskId
+    kind: Literal["event", "digest"] = Field(description="event: one event's notification; digest: one email "
+                                                         "for the events listed in event_ids.")
+    event_id: int | None = Field(ge=1, description="The event (null for a digest).")
+    task_id: TaskId | None = Field(description="The event's task (null for a digest).")
     user_email: EmailStr
     channel: str = Field(description="email, webhook or log")
     recipient: str = Field(description="The email address, the webhook URL, or 'log'.")
-    status: NotificationStatus
+    status: NotificationStatus = Field(description="pending, retrying, sent, dead; suppressed (by a preference, "
+                                                   "see reason); held (for a digest or the end of quiet hours, "
+                                                   "until next_attempt_at); digested (folded into digest_id).")
+    reason: str | None = Field(description="suppressed: the preference that stopped it (email.enabled, "
+                                           "email.events); held: what it waits for (digest, quiet_hours).")
+    digest_id: int | None = Field(description="held or digested: the digest notification it is folded into.")
+    event_ids: list[int] | None = Field(description="A digest's events, oldest first (null for an event's).")
     attempts: int = Field(ge=0)
-    next_attempt_at: datetime | None = Field(description="When the next attempt is due (pending, retrying).")
+    next_attempt_at: datetime | None = Field(description="When the next attempt is due (pending, retrying), or when "
+                                                         "a held one's digest may go out (held).")
     last_error: str | None
     created_at: datetime
     sent_at: datetime | None
@@ -127,6 +138,12 @@ class TaskWritten(_Response):
 class TaskDeleted(_Response):
     deleted: TaskId
     event_id: int = Field(ge=1)
+
+
+class Unsubscribed(_Response):
+    status: Literal["unsubscribed"]
+    user_email: EmailStr = Field(description="The user the link was made for.")
+    preferences: Preferences = Field(description="Their preferences now: email.enabled is false.")
 
 
 class StreamCounts(_Response):
@@ -182,20 +199,21 @@ class Error(_Response):
     error: ErrorBody
 
 
-REQUEST_MODELS: tuple[type[BaseModel], ...] = (TaskUpdate, TaskReplace, TaskPatch)
+REQUEST_MODELS: tuple[type[BaseModel], ...] = (TaskUpdate, TaskReplace, TaskPatch, Preferences)
 RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     Task, Event, Notification, TaskList, EventList, NotificationList, UpdateTaskResponse, TaskWritten,
-    TaskDeleted, Health, Ready, NotReady, Error,
+    TaskDeleted, Health, Ready, NotReady, Error, Unsubscribed,
 )
-QUERY_MODELS: tuple[type[BaseModel], ...] = (TaskListQuery, EventListQuery, NotificationListQuery)
+QUERY_MODELS: tuple[type[BaseModel], ...] = (TaskListQuery, EventListQuery, NotificationListQuery, PreferencesQuery)
 
 
 # -- errors ------------------------------------------------------------------------------
 
 _ERRORS: dict[int, tuple[str, str]] = {
-    400: ("BadRequest", "The body is not valid JSON (code malformed_json)."),
+    400: ("BadRequest", "The body is not valid JSON (code malformed_json), or an unsubscribe link's token is not "
+                        "one this service signed (code invalid_token)."),
     401: ("Unauthorized", "No token, or a malformed, badly signed or expired one."),
-    403: ("Forbidden", "The token lacks the scope, or writes a task of another user."),
+    403: ("Forbidden", "The token lacks the scope, or writes a task (or preferences) of another user."),
     404: ("NotFound", "No such task or notification, or one the token may not see."),
     409: ("Conflict", "The state forbids it (a notification that is not dead), or the Idempotency-Key came "
                       "with a different request (code idempotency_conflict)."),
@@ -235,7 +253,7 @@ class Op:
     operation_id: str
     summary: str
     tag: str
-    scope: str | None = None  # None: open to everyone
+    scope: str | None = None  # None: open to everyone; ANY_TOKEN: any valid token
     query: type[BaseModel] | None = None
     body: type[BaseModel] | None = None
     # status -> (description, schema) of the answers particular to this operation (errors: the shared ones)
@@ -245,8 +263,11 @@ class Op:
     extra_parameters: tuple[dict[str, Any], ...] = ()
     media_type: str = "application/json"
     description: str = ""
+    form: dict[str, Any] | None = None  # the JSON Schema of a form body (urlencoded or multipart), for body=None
+    also_html: bool = False  # the success answers are HTML too, for a browser that prefers it
 
 
+ANY_TOKEN = "any"
 _BODY_ERRORS = (400, 401, 403, 413, 415, 422, 429)
 _IDEMPOTENCY_KEY = {
     "name": "Idempotency-Key",
@@ -268,6 +289,19 @@ gets it), and a `: heartbeat` comment comes every SSE_HEARTBEAT_SECONDS. With `L
 `?last_event_id=`) every later event is replayed in order first, then the stream goes on live, with no gap and no
 duplicate. A reader sees only its own tasks' events unless its token has `admin`. EventSource cannot set
 headers: pass the token as `?access_token=`. The stream ends when the token expires; reconnect with a new one."""
+
+_PREFERENCES_DESCRIPTION = """\
+A user's notification preferences. Any valid token of the user will do, whatever its scopes; an `admin` token
+acts for another user with `?user_email=` (so must a request when auth is off). A user who never set any has the
+defaults of the DEFAULT_* settings. `email.digest_seconds` is 0 (each event mailed on its own) or 60-604800 (events
+are held and sent as one digest when the window closes); `quiet_hours` hold email in the user's `timezone` until
+they end. Webhooks are not affected."""
+
+_UNSUBSCRIBE_T = {"name": "t", "in": "query", "required": True,
+                  "description": "The signed token of the link in the email's List-Unsubscribe header.",
+                  "schema": {"type": "string"}}
+_ONE_CLICK = {"type": "object", "required": ["List-Unsubscribe"],
+              "properties": {"List-Unsubscribe": {"type": "string", "enum": ["One-Click"]}}}
 
 OPERATIONS: dict[tuple[str, str], Op] = {
     ("/update_task", "POST"): Op(
@@ -339,6 +373,32 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         "retry_notification", "Retry a dead notification", "notifications", scope="tasks:write",
         ok={202: ("The notification is pending again, with a fresh set of attempts.", "Notification")},
         errors=(401, 403, 404, 409, 429),
+    ),
+    ("/preferences", "GET"): Op(
+        "get_preferences", "A user's notification preferences", "preferences", scope=ANY_TOKEN,
+        query=PreferencesQuery, ok={200: ("The preferences (the defaults when the user never set any).",
+                                          "Preferences")},
+        errors=(401, 403, 422), description=_PREFERENCES_DESCRIPTION,
+    ),
+    ("/preferences", "PUT"): Op(
+        "put_preferences", "Replace a user's notification preferences", "preferences", scope=ANY_TOKEN,
+        query=PreferencesQuery, body=Preferences, ok={200: ("The preferences as stored.", "Preferences")},
+        errors=_BODY_ERRORS, description=_PREFERENCES_DESCRIPTION + "\n\nThe body is the whole document.",
+    ),
+    ("/unsubscribe", "GET"): Op(
+        "unsubscribe_page", "The page of an unsubscribe link", "preferences",
+        ok={200: ("A page with a button that unsubscribes (the GET itself changes nothing).", {"type": "string"})},
+        errors=(400,), media_type="text/html", extra_parameters=(_UNSUBSCRIBE_T,),
+        description="Mail scanners open links, so a GET never unsubscribes: the page's button makes the POST.",
+    ),
+    ("/unsubscribe", "POST"): Op(
+        "unsubscribe", "One-click unsubscribe (RFC 8058)", "preferences", form=_ONE_CLICK,
+        ok={200: ("The link's user gets no more email (email.enabled is false); the same answer every time.",
+                  "Unsubscribed")},
+        errors=(400, 413, 422), extra_parameters=(_UNSUBSCRIBE_T,), also_html=True,
+        description="What a mail provider sends for the List-Unsubscribe-Post header: the form body "
+                    "`List-Unsubscribe=One-Click`, and no other credential than the signed `t`. A browser that "
+                    "prefers text/html (the button of GET /unsubscribe) gets a page.",
     ),
     ("/healthz", "GET"): Op(
         "healthz", "Liveness", "service", ok={200: ("The process answers.", "Health")},
@@ -443,6 +503,8 @@ def _operation(rule: str, op: Op, components: dict[str, Any]) -> dict[str, Any]:
     description = op.description
     if op.scope is None:
         description = (description + "\n\n" if description else "") + "Open: no token needed."
+    elif op.scope == ANY_TOKEN:
+        description = (description + "\n\n" if description else "") + "Requires a valid token, of any scope."
     else:
         description = (description + "\n\n" if description else "") + f"Requires the scope `{op.scope}`."
     operation: dict[str, Any] = {
@@ -458,9 +520,17 @@ def _operation(rule: str, op: Op, components: dict[str, Any]) -> dict[str, Any]:
             "required": True,
             "content": {"application/json": {"schema": _schema(op.body.__name__)}},
         }
+    elif op.form is not None:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {media: {"schema": op.form} for media in ("application/x-www-form-urlencoded",
+                                                                 "multipart/form-data")},
+        }
     responses: dict[str, Any] = {}
     for status, (text, schema) in op.ok.items():
         response: dict[str, Any] = {"description": text, "content": {op.media_type: {"schema": _schema(schema)}}}
+        if op.also_html:
+            response["content"]["text/html"] = {"schema": {"type": "string"}}
         if op.idempotent_writes:
             response["headers"] = _REPLAYED
         responses[str(status)] = response
@@ -469,6 +539,8 @@ def _operation(rule: str, op: Op, components: dict[str, Any]) -> dict[str, Any]:
     operation["responses"] = responses
     if op.scope is None:
         operation["security"] = []
+    elif op.scope == ANY_TOKEN:
+        operation["security"] = [{"bearerAuth": []}]
     elif op.media_type == "text/event-stream":
         operation["security"] = [{"bearerAuth": [op.scope]}, {"accessToken": [op.scope]}]
     else:
@@ -498,6 +570,8 @@ def build_spec(app: Flask) -> dict[str, Any]:
             {"name": "tasks", "description": "Tasks and their history."},
             {"name": "streams", "description": "Live events (Socket.IO is described in the README)."},
             {"name": "notifications", "description": "Delivery status of notifications."},
+            {"name": "preferences", "description": "Each user's notification preferences, and one-click "
+                                                   "unsubscribe."},
             {"name": "service", "description": "Health and this document."},
         ],
         "security": [{"bearerAuth": []}],

@@ -323,4 +323,5 @@ def init_app(app: Flask) -> WriteLimit:
         endpoint = f"{bp.name}.{name}"
         app.view_functions[endpoint] = limit(app.view_functions[endpoint])
     app.extensions["write_limit"] = write_limit
+    app.extensions["write_limit_for"] = limit_for_caller  # for the writes of other blueprints
     return write_limit

@@ -3,6 +3,7 @@ beside bare smtplib."""
 
 from __future__ import annotations
 
+import datetime as dt
 import signal
 import smtplib
 import subprocess
@@ -26,15 +27,18 @@ def scenario(run: Run, results: dict[str, Any]) -> None:
     run.save(results)
 
 
-def bench_message(i: int) -> Message:
+def bench_message(i: int, templates: Any = None, links: Any = None) -> Message:
     """The service's own task email (channels.build_email) for the i-th write of the backlog."""
     from channels import Delivery, build_email
+    from email_templates import EmailTemplates
+    from preferences import UnsubscribeLinks
 
     event = {"id": i, "type": "task.updated", "task_id": f"w-{i % 1000}", "occurred_at": "2026-11-29T03:00:00.000Z",
              "task": {"title": f"write {i}", "status": "open", "description": "",
                       "user_email": f"user{i % 100}@example.com"}}
     return build_email(Delivery(notification_id=i, channel="email", recipient=f"user{i % 100}@example.com",
-                                attempt=1, event=event), "tasks@example.com")
+                                attempt=1, event=event), "tasks@example.com",
+                       templates or EmailTemplates(), links or UnsubscribeLinks("bench", "http://127.0.0.1:5000"))
 
 
 def backlog(run: Run, count: int) -> dict[str, Any]:
@@ -72,12 +76,17 @@ def backlog(run: Run, count: int) -> dict[str, Any]:
         # delivery by the worker process, from the full outbox
         sink.reset()
         env = OurServer(run, "worker", database_url, {**sink.env, "NOTIFY_WORKERS": "4"}).env()
+        # With a digest for every user (--server-env DEFAULT_DIGEST_SECONDS=60), each user gets one email.
+        digest_seconds = int(env.get("DEFAULT_DIGEST_SECONDS") or 0)
+        expected = len({i % 100 for i in range(built["ok"])}) if digest_seconds else built["ok"]
+        folding = Folding(database_url, built["ok"]) if digest_seconds else None
         flask = str(Path(PY).parent / "flask")
         started = time.time()
         worker = run.spawn([flask, "--app", "app", "worker"], run.name("worker"), env)
         try:
-            wait_until(lambda: sink.count >= built["ok"] or worker.poll() is not None, run.args.delivery_timeout,
-                       "the worker to deliver the backlog", 0.2)
+            wait_until(lambda: (folding is None or folding.check()) and sink.count >= expected
+                       or worker.poll() is not None, run.args.delivery_timeout, "the worker to deliver the backlog",
+                       0.2)
         except TimeoutError:
             log("  the worker did not finish in time")
         ended = time.time()
@@ -94,10 +103,17 @@ def backlog(run: Run, count: int) -> dict[str, Any]:
             "per_second": round(delivered / (ended - started), 1),
             "per_second_steady": round((delivered - 1) / (last - first), 1) if delivered > 1 and last > first else None,
         }
+        if folding is not None:
+            result["delivery"]["digest"] = folding.result(started, digest_seconds, last)
+            log(f"  digests: {result['delivery']['digest']}")
         log(f"  worker delivered {delivered} in {ended - started:.1f}s")
         # the limit: bare smtplib over one connection
         sink.reset()
-        messages = [bench_message(i) for i in range(built["ok"])]
+        from email_templates import EmailTemplates
+        from preferences import UnsubscribeLinks
+
+        templates, links = EmailTemplates(), UnsubscribeLinks("bench", "http://127.0.0.1:5000")
+        messages = [bench_message(i, templates, links) for i in range(built["ok"])]
         started = time.perf_counter()
         with smtplib.SMTP("127.0.0.1", sink.port, timeout=30) as smtp:
             for message in messages:
@@ -107,6 +123,49 @@ def backlog(run: Run, count: int) -> dict[str, Any]:
                              "per_second": round(len(messages) / bare, 1), "sink_count": sink.count}
         log(f"  bare smtplib: {len(messages)} in {bare:.1f}s")
     return result
+
+
+class Folding:
+    """With digests on: when the worker has held every event (folded into digests), read from the database."""
+
+    def __init__(self, url: str, count: int) -> None:
+        from sqlalchemy import create_engine
+
+        from db import normalize_url
+
+        self.engine = create_engine(normalize_url(url))
+        self.count = count
+        self.done_at: float | None = None
+
+    def _scalar(self, query: str) -> Any:
+        from sqlalchemy import text
+
+        with self.engine.connect() as conn:
+            return conn.execute(text(query)).scalar()
+
+    def check(self) -> bool:
+        """Whether every event's email is held or digested (the time of the first yes is kept)."""
+        if self.done_at is None and self._scalar("SELECT count(*) FROM notifications WHERE kind = 'event' "
+                                                 "AND status IN ('held', 'digested')") >= self.count:
+            self.done_at = time.time()
+        return self.done_at is not None
+
+    def result(self, started: float, digest_seconds: int, last_message: float) -> dict[str, Any]:
+        from datetime import UTC
+
+        digests = self._scalar("SELECT count(*) FROM notifications WHERE kind = 'digest'")
+        # Each user's window closes digest_seconds after that user's first event.
+        first = self._scalar("SELECT max(first) FROM (SELECT min(occurred_at) AS first FROM events "
+                             "GROUP BY user_email) AS firsts")
+        if isinstance(first, str):
+            first = dt.datetime.fromisoformat(first)
+        closed = first.replace(tzinfo=UTC).timestamp() + digest_seconds
+        self.engine.dispose()
+        fold = None if self.done_at is None else round(self.done_at - started, 2)
+        return {"digest_seconds": digest_seconds, "events": self.count, "digests": digests,
+                "seconds_to_hold_every_event": fold,
+                "events_held_per_second": None if not fold else round(self.count / fold, 1),
+                "seconds_from_last_window_close_to_last_digest": round(last_message - closed, 2)}
 
 
 def db_read(url: str) -> dict[str, Any]:

@@ -124,7 +124,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     b = results.get("backlog")
     if b:
         d, s = b.get("delivery", {}), b.get("smtplib", {})
-        if d and s:
+        if d and s and not d.get("digest"):  # with digests on, the emails are a user's, not an event's
             add("delivery rate / bare smtplib rate", ratio(d["per_second"], s["per_second"]), 0.5, False,
                 f"{d['per_second']}/s (from worker start; {d['per_second_steady']}/s first to last message) "
                 f"vs {s['per_second']}/s")
@@ -213,6 +213,13 @@ def markdown(results: dict[str, Any], plots: list[str]) -> str:
             lines.append(f"| delivery by `flask --app app worker` (4 threads) into the fast sink | {d['delivered']} in "
                          f"{d['seconds_from_start']} s: {d['per_second']}/s from worker start, "
                          f"{fmt(d['per_second_steady'])}/s first to last message |")
+        if d.get("digest"):
+            g = d["digest"]
+            lines.append(f"| with DEFAULT_DIGEST_SECONDS={g['digest_seconds']}: every event held for a digest | "
+                         f"{g['events']} in {fmt(g['seconds_to_hold_every_event'])} s from worker start: "
+                         f"{fmt(g['events_held_per_second'])}/s |")
+            lines.append(f"| digests sent (one per user) | {g['digests']}; the last "
+                         f"{g['seconds_from_last_window_close_to_last_digest']} s after the last window closed |")
         if s:
             lines.append(f"| bare smtplib, one connection, same number of messages | {s['sent']} in {s['seconds']} s: "
                          f"{s['per_second']}/s |")

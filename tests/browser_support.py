@@ -73,6 +73,7 @@ class ApiServer:
     cors_origins: list[str] = field(default_factory=list)
     database_url: str | None = None  # None: SQLite in instance_path
     process: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] = field(default_factory=dict)  # more settings (e.g. SMTP_HOST)
 
     @property
     def url(self) -> str:
@@ -95,6 +96,7 @@ class ApiServer:
             "ASYNC_MODE": os.environ.get("TEST_ASYNC_MODE", "eventlet"),
             "LOG_LEVEL": "WARNING",
             "PYTHONWARNINGS": "ignore::DeprecationWarning",
+            **self.env,
         }
         env.pop("AUTH_DISABLED", None)
         self.process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env)

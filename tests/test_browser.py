@@ -31,6 +31,7 @@ from browser_support import (
     screenshot,
     skip_or_fail,
 )
+from support import wait_for
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (bin/setup dev)")
 expect = sync_api.expect
@@ -212,6 +213,61 @@ def test_a_refused_origin_gets_nothing(transport: str, app_site: StaticServer, a
         screenshot(page, f"refused-origin-{transport}")
 
 
+def held_emails(api: ApiServer, token: str, count: int) -> list[dict[str, Any]]:
+    def ready() -> list[dict[str, Any]] | None:
+        rows = requests.get(f"{api.url}/notifications", params={"status": "held", "limit": 200}, timeout=10,
+                            headers={"Authorization": f"Bearer {token}"}).json()["notifications"]
+        return rows if len(rows) == count else None
+
+    return wait_for(ready, 20, f"{count} held emails")
+
+
+def test_angular_preferences_view_changes_what_is_mailed(app_site: StaticServer, site: StaticServer, page: Any,
+                                                         tmp_path: Path, database_url: str, smtp: Any) -> None:
+    """Turn off an event type: its change sends no email. Choose a digest: a burst is one email."""
+    clock = tmp_path / "clock"
+    api = ApiServer(tmp_path / "instance", cors_origins=[site.origin], database_url=database_url,
+                    env={**smtp.env, "NOTIFY_CLOCK_FILE": str(clock), "NOTIFY_POLL_SECONDS": "0.2"}).start()
+    try:
+        token = make_token()
+        page.goto(app_url(app_site, api, token, "socketio"))
+        view = page.get_by_test_id("preferences")
+        expect(view.get_by_test_id("prefs-message")).to_have_text("Preferences loaded.")
+        expect(view.get_by_test_id("prefs-digest")).to_have_value("0")
+        view.get_by_test_id("prefs-task.updated").uncheck()
+        view.get_by_test_id("prefs-save").click()
+        expect(view.get_by_test_id("prefs-message")).to_have_text("Preferences saved.")
+
+        api.post_update(token, task_id="p-1", title="created")
+        wait_for(lambda: smtp.handler.count() == 1, 10, "the creation's email")
+        updated = api.post_update(token, task_id="p-1", title="changed")["event_id"]
+        headers = {"Authorization": f"Bearer {token}"}
+        wait_for(lambda: [n for n in requests.get(f"{api.url}/notifications", params={"status": "suppressed"},
+                                                  headers=headers, timeout=10).json()["notifications"]
+                          if n["event_id"] == updated], 10, "the update's email suppressed")
+
+        view.get_by_test_id("prefs-task.updated").check()
+        view.get_by_test_id("prefs-digest").select_option(label="every 5 minutes")
+        view.get_by_test_id("prefs-save").click()
+        expect(view.get_by_test_id("prefs-message")).to_have_text("Preferences saved.")
+        page.reload()  # what was saved is what the server gives back
+        expect(view.get_by_test_id("prefs-digest")).to_have_value("300")
+        expect(view.get_by_test_id("prefs-task.updated")).to_be_checked()
+
+        for n in range(5):
+            api.post_update(token, task_id="p-2", title=f"burst {n}")
+        held_emails(api, token, 5)
+        assert smtp.handler.count() == 1
+        clock.write_text("301")  # the workers' clock: the window has closed
+        wait_for(lambda: smtp.handler.count() == 2, 20, "the digest")
+        digest = smtp.handler.messages[1]
+        assert digest["Subject"] == "1 task changed (5 changes)"
+        assert "burst 4" in digest.get_body(("plain",)).get_content()
+        screenshot(page, "angular-preferences")
+    finally:
+        api.stop()
+
+
 # -- the live page at / ----------------------------------------------------------------
 
 
@@ -245,3 +301,47 @@ def test_live_page_shows_a_posted_update(api: ApiServer, page: Any) -> None:
     expect(page.locator("#events li")).to_have_count(2)
     assert not [m for m in messages if "Content Security Policy" in m], messages
     screenshot(page, "live-page")
+
+
+def test_live_page_preferences_panel_reads_and_writes_preferences(api: ApiServer, page: Any) -> None:
+    token = make_token()
+    page.goto(f"{api.url}/")
+    page.evaluate(f"localStorage.setItem('tasks.token', {token!r})")
+    page.reload()
+    panel = page.locator("#prefs-panel")
+    expect(panel.locator("#prefs-message")).to_have_text("Preferences loaded.")
+    expect(panel.locator("select[name=digest_seconds]")).to_have_value("0")
+    panel.locator("input[value='task.deleted']").uncheck()
+    panel.locator("select[name=digest_seconds]").select_option(label="hourly")
+    panel.locator("input[name=timezone]").fill("Europe/Paris")
+    panel.locator("input[name=quiet]").check()
+    panel.locator("button[type=submit]").click()
+    expect(panel.locator("#prefs-message")).to_have_text("Preferences saved.")
+    stored = requests.get(f"{api.url}/preferences", headers={"Authorization": f"Bearer {token}"}, timeout=10).json()
+    assert stored == {"email": {"enabled": True, "events": ["task.created", "task.updated"], "digest_seconds": 3600},
+                      "timezone": "Europe/Paris", "quiet_hours": {"start": "22:00", "end": "07:00"}}
+    panel.locator("input[name=timezone]").fill("Mars/Olympus")
+    panel.locator("button[type=submit]").click()
+    expect(panel.locator("#prefs-message")).to_contain_text("timezone")
+    expect(panel.locator("#prefs-message")).to_have_class("error")
+    screenshot(page, "live-page-preferences")
+
+
+def test_the_unsubscribe_page_works_under_its_policy(api: ApiServer, page: Any) -> None:
+    """The page of an email's unsubscribe link: no CSP violation; its button unsubscribes."""
+    from itsdangerous import URLSafeSerializer
+
+    from browser_support import SECRET, USER
+
+    messages: list[str] = []
+    page.on("console", lambda message: messages.append(message.text))
+    token = URLSafeSerializer(SECRET, salt="unsubscribe").dumps(USER)  # as the service signs its links
+    page.goto(f"{api.url}/unsubscribe?t={token}")
+    expect(page.locator("#title")).to_have_text("Stop task emails?")
+    headers = {"Authorization": f"Bearer {make_token()}"}
+    assert requests.get(f"{api.url}/preferences", headers=headers, timeout=10).json()["email"]["enabled"]
+    page.locator("#unsubscribe").click()
+    expect(page.locator("#title")).to_have_text("Email is off")
+    assert not requests.get(f"{api.url}/preferences", headers=headers, timeout=10).json()["email"]["enabled"]
+    assert not [m for m in messages if "Content Security Policy" in m], messages
+    screenshot(page, "unsubscribe-page")

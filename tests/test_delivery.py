@@ -14,6 +14,8 @@ from test_webhook import SECRET as WEBHOOK_SECRET
 from test_webhook import Receiver
 
 from channels import Delivery, DeliveryError, EmailChannel
+from email_templates import EmailTemplates
+from preferences import UnsubscribeLinks
 from support import RecordingSMTPHandler, SMTPServer, free_port, wait_for
 
 ORIGINAL = {"task_id": "123", "user_email": "test@example.com"}
@@ -197,7 +199,7 @@ def test_a_refused_recipient_is_dead_at_once_and_a_busy_one_is_retried(live_serv
 def channel_for(port: int, **settings) -> EmailChannel:
     return EmailChannel({"SMTP_HOST": "127.0.0.1", "SMTP_PORT": port, "SMTP_USERNAME": None, "SMTP_PASSWORD": None,
                          "SMTP_STARTTLS": False, "SMTP_TIMEOUT_SECONDS": 5.0, "MAIL_FROM": "tasks@notify.test",
-                         **settings})
+                         **settings}, UnsubscribeLinks("secret", "http://localhost:5000"), EmailTemplates())
 
 
 def delivery_to(recipient: str) -> Delivery:

@@ -304,3 +304,12 @@ def test_chunked_json_bodies_are_read_up_to_the_size_limit(start_server):
     assert server.get("/tasks/123", token=None).json()["status"] == "done"
     events = server.get("/tasks/123/events", token=None).json()["events"]
     assert len(events) == 3  # the refused ones wrote nothing
+
+
+def test_the_host_of_public_url_is_always_served():
+    """Mail providers post one-click unsubscribes to PUBLIC_URL: an explicit ALLOWED_HOSTS must not refuse them."""
+    from edge import _allowed_hosts
+
+    config = {"AUTH_DISABLED": False, "ALLOWED_HOSTS": ["tasks.example"], "PUBLIC_URL": "https://Mail.Example:8443/t"}
+    assert _allowed_hosts(config) == ["tasks.example", "mail.example:8443"]
+    assert _allowed_hosts({**config, "PUBLIC_URL": None}) == ["tasks.example"]

@@ -153,7 +153,8 @@ def test_outbox_counts_groups_the_notifications_by_status(make_app: Callable[...
     store = app.extensions["store"]
     hub = app.extensions["streams"]
     instrument(app, stream_counts=lambda: hub.counts, outbox_counts=lambda: outbox_counts(store))
-    assert outbox_counts(store) == {"pending": 0, "retrying": 0, "sent": 0, "dead": 0}
+    assert outbox_counts(store) == {"pending": 0, "retrying": 0, "sent": 0, "dead": 0, "held": 0, "digested": 0,
+                                    "suppressed": 0}
     client = app.test_client()
     for task_id in ("a", "b", "c"):
         update(client, task_id)

@@ -22,7 +22,7 @@ import migrate
 from support import ROOT, require_service
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-TABLES = {"tasks", "events", "notifications", "idempotency_keys"}
+TABLES = {"tasks", "events", "notifications", "idempotency_keys", "preferences"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -102,12 +102,19 @@ def test_auth_is_global_with_open_health_and_document(spec: dict[str, Any]) -> N
     assert spec["security"] == [{"bearerAuth": []}]
     ops = operations(spec)
     open_ops = {key for key, op in ops.items() if op.get("security") == []}
-    assert open_ops == {key for key in ops if key[0] in ("/healthz", "/readyz", "/openapi.json", "/metrics", "/")}
+    assert open_ops == {key for key in ops if key[0] in ("/healthz", "/readyz", "/openapi.json", "/metrics", "/",
+                                                         "/unsubscribe")}
+    any_token = {key for key, op in ops.items() if op.get("security") == [{"bearerAuth": []}]}
+    assert any_token == {("/preferences", "GET"), ("/preferences", "PUT")}
     scopes = {"POST": "tasks:write", "PUT": "tasks:write", "PATCH": "tasks:write", "DELETE": "tasks:write",
               "GET": "tasks:read"}
     for key, op in ops.items():
         if key in open_ops:
             assert "Open" in op["description"]
+            continue
+        if key in any_token:
+            assert "Requires a valid token, of any scope" in op["description"]
+            assert SCOPED_ERRORS <= set(op["responses"]), key
             continue
         scope = "updates:read" if key[0] == "/task_updates" else scopes[key[1]]
         assert f"`{scope}`" in op["description"], key
@@ -126,9 +133,11 @@ def test_error_responses_share_the_error_shape(spec: dict[str, Any]) -> None:
     assert "Retry-After" in spec["components"]["responses"]["RateLimited"]["headers"]
     for key, op in operations(spec).items():
         codes = set(op["responses"])
-        if "requestBody" in op:
-            assert BODY_ERRORS | {"409", "429"} <= codes, key
-        if key[1] in ("POST", "PUT", "PATCH", "DELETE"):
+        if "application/json" in op.get("requestBody", {}).get("content", {}):
+            assert BODY_ERRORS | {"429"} <= codes, key
+        if any(p["name"] == "Idempotency-Key" for p in op.get("parameters", ())):
+            assert "409" in codes, key
+        if key[1] in ("POST", "PUT", "PATCH", "DELETE") and op["security"]:  # writes that take a token
             assert "429" in codes, key
         if "{" in key[0]:
             assert "404" in codes, key
@@ -259,6 +268,65 @@ def test_every_kind_of_answer_matches_the_document(make_app: Callable[..., Flask
     assert c("/tasks/{task_id}", "GET", client.get("/tasks/bad%20id", headers=admin)).status_code == 422
 
     assert len(doc.checked) >= 26  # (operation, status) pairs seen
+
+
+def test_preferences_digests_and_unsubscribe_answer_as_documented(make_app: Callable[..., Flask]) -> None:
+    from datetime import timedelta
+
+    from db import utcnow
+
+    app = with_openapi(make_app(AUTH_DISABLED=False))
+    client: FlaskClient = app.test_client()
+    doc = Conformance(openapi.build_spec(app))
+    c = doc.check
+    ann = {"Authorization": f"Bearer {make_token('ann@example.com', ('updates:read',))}"}
+    admin = {"Authorization": f"Bearer {make_token()}"}
+    wanted = {"email": {"enabled": True, "events": ["task.created"], "digest_seconds": 60},
+              "timezone": "Europe/Paris", "quiet_hours": {"start": "22:00", "end": "07:00"}}
+
+    assert c("/preferences", "GET", client.get("/preferences", headers=ann)).status_code == 200
+    assert c("/preferences", "GET", client.get("/preferences")).status_code == 401
+    assert c("/preferences", "GET", client.get("/preferences?user_email=bob@example.com", headers=ann)
+             ).status_code == 403
+    assert c("/preferences", "GET", client.get("/preferences?user_email=nope", headers=ann)).status_code == 422
+    assert c("/preferences", "PUT", client.put("/preferences", headers=ann, json=wanted)).status_code == 200
+    assert c("/preferences", "PUT", client.put("/preferences", headers=ann, json={})).status_code == 422
+    assert c("/preferences", "PUT", client.put("/preferences", headers=ann, data="{",
+                                               content_type="application/json")).status_code == 400
+    assert c("/preferences", "PUT", client.put("/preferences", headers=ann, data="x")).status_code == 415
+    assert c("/preferences", "PUT", client.put("/preferences?user_email=bob@example.com", headers=admin,
+                                               json=wanted)).status_code == 200
+    assert client.put("/preferences", headers=ann, json={**wanted, "quiet_hours": None}).status_code == 200
+
+    # A created task's email held for a digest, an update's suppressed; then the digest goes out.
+    for title in ("", "changed"):
+        assert client.post("/update_task", headers=admin, json={"task_id": "p1", "user_email": "ann@example.com",
+                                                                "title": title}).status_code == 200
+    worker = app.extensions["notifications"]
+    assert worker.claim_due(100) == []
+    rows = c("/notifications", "GET", client.get("/notifications", headers=admin)).get_json()["notifications"]
+    assert sorted((row["kind"], row["status"]) for row in rows) == [("digest", "pending"), ("event", "held"),
+                                                                   ("event", "suppressed")]
+    digest = next(row for row in rows if row["kind"] == "digest")
+    worker.clock = lambda: utcnow() + timedelta(seconds=61)
+    [delivery] = worker.claim_due(100)
+    worker.deliver(delivery)
+    shown = c("/notifications/{notification_id}", "GET", client.get(f"/notifications/{digest['id']}",
+                                                                    headers=admin)).get_json()
+    assert (shown["status"], len(shown["event_ids"])) == ("sent", 1)
+    c("/notifications", "GET", client.get("/notifications?status=digested", headers=admin))
+
+    link = app.extensions["unsubscribe"].url("ann@example.com")
+    path = link[link.index("/unsubscribe"):]
+    assert c("/unsubscribe", "GET", client.get(path)).status_code == 200
+    assert c("/unsubscribe", "GET", client.get("/unsubscribe?t=bad")).status_code == 400
+    one_click = {"List-Unsubscribe": "One-Click"}
+    assert c("/unsubscribe", "POST", client.post(path, data=one_click)).status_code == 200
+    assert c("/unsubscribe", "POST", client.post(path, data=one_click, headers={"Accept": "text/html"})
+             ).status_code == 200
+    assert c("/unsubscribe", "POST", client.post("/unsubscribe?t=bad", data=one_click)).status_code == 400
+    assert c("/unsubscribe", "POST", client.post(path, data={"List-Unsubscribe": "no"})).status_code == 422
+    assert len(doc.checked) >= 15  # (operation, status) pairs seen
 
 
 def test_the_event_stream_matches_the_document(app: Flask, start_server: Callable[..., LiveServer]) -> None:

@@ -175,3 +175,75 @@ def test_lifecycle_is_explicit(store):
         worker.start()
     worker.stop()
     assert worker.state is WorkerState.STOPPED
+
+
+def test_a_claim_that_only_holds_rows_does_not_make_the_workers_wait(store):
+    """Rows folded into a digest are work done: the workers claim the next ones at once, not after a poll."""
+    import preferences
+    from schemas import Preferences
+
+    preferences.save(store, "a@example.com", Preferences.model_validate(
+        {"email": {"enabled": True, "events": ["task.created", "task.updated", "task.deleted"],
+                   "digest_seconds": 3600}, "timezone": "UTC", "quiet_hours": None}))
+    for n in range(45):
+        add_task(store, str(n))
+    worker = make_worker(store, RecordingChannel(), workers=1, poll_seconds=30)
+    worker.start()
+    worker.wake()
+    try:
+        wait_for(lambda: held(store) == 45, 10, "every row held")
+    finally:
+        worker.stop()
+    with store.read() as session:
+        digests = list(session.scalars(select(Notification).where(Notification.kind == "digest")))
+    assert len(digests) == 1 and digests[0].status == "pending"
+
+
+def held(store: Store) -> int:
+    with store.read() as session:
+        return len(list(session.scalars(select(Notification).where(Notification.status == "held"))))
+
+
+def every_type(digest_seconds: int = 0, enabled: bool = True):
+    from schemas import Preferences
+
+    return Preferences.model_validate({"email": {"enabled": enabled, "digest_seconds": digest_seconds,
+                                                 "events": ["task.created", "task.updated", "task.deleted"]},
+                                       "timezone": "UTC", "quiet_hours": None})
+
+
+def test_email_turned_off_stops_a_retry_and_an_open_digest(store):
+    import preferences
+
+    channel = RecordingChannel([DeliveryError("421 busy")])
+    worker = make_worker(store, channel, policy=RetryPolicy(max_attempts=5, base_seconds=30, max_seconds=30))
+    add_task(store, "retried")
+    [delivery] = worker.claim_due(5)
+    worker.deliver(delivery)  # fails: retrying, due in 30 s
+    assert notification(store).status == "retrying"
+    preferences.save(store, "a@example.com", every_type(digest_seconds=60))
+    add_task(store, "held")
+    assert worker.claim_due(5) == []  # held in a new digest
+    preferences.save(store, "a@example.com", every_type(enabled=False))
+    with store.write() as session:  # the retry and the digest come due
+        session.execute(update(Notification).where(Notification.status.in_(["retrying", "pending"]))
+                        .values(next_attempt_at=utcnow() - timedelta(seconds=1)))
+    assert worker.claim_due(5) == []
+    with store.read() as session:
+        rows = {(n.kind, n.status, n.reason) for n in session.scalars(select(Notification))}
+    assert rows == {("event", "suppressed", "email.enabled"), ("event", "digested", "digest"),
+                    ("digest", "suppressed", "email.enabled")}
+    assert channel.sent == []
+
+
+def test_stored_preferences_that_no_longer_validate_give_the_defaults(store, caplog):
+    from db import PreferencesRow
+
+    with store.write() as session:
+        session.add(PreferencesRow(user_email="a@example.com", updated_at=utcnow(),
+                                   document='{"email": {"enabled": false}, "timezone": "Gone/Zone"}'))
+    add_task(store)
+    worker = make_worker(store, RecordingChannel())
+    [delivery] = worker.claim_due(5)
+    assert delivery.notification_id == 1
+    assert "the stored preferences of a@example.com are not valid" in caplog.text

@@ -1,3 +1,14 @@
+export {
+  ApiError,
+  DIGEST_PRESETS,
+  getPreferences,
+  setPreferences,
+  type ApiErrorDetail,
+  type EmailPreferences,
+  type Preferences,
+  type PreferencesOptions,
+  type QuietHours,
+} from './preferences.js';
 export { TaskUpdateStream, taskUpdates } from './task-updates.js';
 export {
   TaskUpdatesError,

@@ -5,6 +5,7 @@ import { FormsModule } from '@angular/forms';
 import type { Task, TaskEvent, TaskStatus, Transport } from '@task-notify/client';
 
 import { APP_CONFIG } from './config';
+import { PreferencesView } from './preferences';
 import { TaskUpdatesService } from './task-updates.service';
 import { TasksApiService } from './tasks-api.service';
 
@@ -21,7 +22,7 @@ function describeHttpError(err: unknown): string {
 
 @Component({
   selector: 'app-root',
-  imports: [FormsModule],
+  imports: [FormsModule, PreferencesView],
   templateUrl: './app.html',
   styleUrl: './app.css',
   changeDetection: ChangeDetectionStrategy.OnPush,
