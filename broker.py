@@ -118,6 +118,10 @@ class Broker(Protocol):
 
     def detach(self, reader: Reader) -> None: ...
 
+    def ping(self) -> None:
+        """Raise BrokerUnavailable when the broker cannot carry events (/readyz asks)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -169,6 +173,9 @@ class InMemoryBroker:
             index[user_email] = (*index.get(user_email, ()), reader)
             self._by_user = index
             self._users[reader] = user_email
+
+    def ping(self) -> None:
+        """Nothing to reach: an in-process broker is up while the process is."""
 
     def close(self) -> None:
         """Close every subscription; idempotent."""

@@ -507,8 +507,6 @@ class DriverSQL:
     exactly like those SQLAlchemy reads and writes.
     """
 
-    _cache: dict[tuple[str, str], str] = {}
-
     def __init__(self, cursor: Any, dialect: Any) -> None:
         self.cursor = cursor
         self.dialect = dialect
@@ -516,12 +514,7 @@ class DriverSQL:
 
     def execute(self, statement: str, params: Mapping[str, Any] | list[Mapping[str, Any]]) -> None:
         """Run statement (SQL with :name parameters) once, or once per mapping of a list; datetimes are converted."""
-        key = (self.dialect.name, statement)
-        sql = self._cache.get(key)
-        if sql is None:
-            # sqlite3 takes :name as written; psycopg2 wants %(name)s.
-            sql = self._cache[key] = statement if self.dialect.name == "sqlite" else _PARAM.sub(
-                r"%(\1)s", statement.replace("%", "%%"))
+        sql = driver_statement(self.dialect.name, statement)
         if isinstance(params, list):
             self.cursor.executemany(sql, [self._db(p) for p in params])
         else:
@@ -599,6 +592,16 @@ class DriverSQL:
 
 
 _PARAM = re.compile(r"(?<!:):(\w+)")
+
+
+@functools.lru_cache(maxsize=512)
+def driver_statement(dialect: str, statement: str) -> str:
+    """statement (SQL with :name parameters) in the driver's style; the most used ones remembered.
+
+    Bounded: some statements carry IN lists whose length a client chooses.
+    """
+    # sqlite3 takes :name as written; psycopg2 wants %(name)s.
+    return statement if dialect == "sqlite" else _PARAM.sub(r"%(\1)s", statement.replace("%", "%%"))
 
 
 @functools.lru_cache(maxsize=8)

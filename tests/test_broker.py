@@ -67,3 +67,16 @@ def test_the_sse_frame_is_encoded_once():
     e = event(7)
     assert e.sse_frame == b'id: 7\ndata: {"id":7}\n\n'
     assert e.sse_frame is e.sse_frame
+
+
+def test_every_broker_has_what_the_protocol_declares():
+    """/readyz calls ping() on whatever broker the app has: the Protocol says so, and every broker has it."""
+    from broker import Broker, RelayedBroker
+    from redis_broker import RedisBroker
+
+    declared = {name for name in vars(Broker) if not name.startswith("_")}
+    assert "ping" in declared
+    for implementation in (InMemoryBroker, RelayedBroker):
+        assert declared <= set(dir(implementation)), implementation
+    assert {"publish", "subscribe", "ping", "close"} <= set(dir(RedisBroker))
+    InMemoryBroker(10).ping()  # up while the process is

@@ -161,3 +161,15 @@ def test_the_server_runs_with_full_sync_and_refuses_an_unknown_level(start_serve
     assert refused.returncode != 0
     assert "configuration: invalid value for SQLITE_SYNCHRONOUS: 'OFF'" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def test_the_driver_statements_remembered_are_bounded():
+    """Statements carry IN lists whose length a client chooses: their driver forms are remembered up to a bound."""
+    from db import DriverSQL, driver_statement
+
+    driver_statement.cache_clear()
+    for length in range(1, 2000):
+        in_list, _ = DriverSQL.in_list("task", range(length))
+        driver_statement("postgresql", f"SELECT id FROM tasks WHERE task_id IN {in_list}")
+    assert driver_statement.cache_info().currsize <= 512
+    assert driver_statement("postgresql", "SELECT :a, '%'") == "SELECT %(a)s, '%%'"
