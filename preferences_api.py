@@ -20,7 +20,7 @@ from auth import current_viewer, requires
 from errors import APIError
 from pages import html_response
 from preferences import InvalidToken, UnsubscribeLinks
-from ratelimit import limited
+from ratelimit import write_limited
 from schemas import Preferences, PreferencesQuery, canonical_email
 from tasks_api import json_body, query
 
@@ -58,6 +58,7 @@ def get_preferences() -> ResponseReturnValue:
 
 
 @bp.put("/preferences")
+@write_limited
 @requires(None)
 def put_preferences() -> ResponseReturnValue:
     """Replace the user's preferences with the whole document given."""
@@ -107,8 +108,5 @@ def unsubscribe() -> ResponseReturnValue:
 
 
 def init_app(app: Flask) -> None:
-    """Register the blueprint; PUT /preferences counts against the write rate limit (RATE_LIMIT_WRITES)."""
+    """Register the blueprint (PUT /preferences counts against the caller's write limit, @write_limited)."""
     app.register_blueprint(bp)
-    limit = limited(app.extensions["write_limit_for"])
-    endpoint = f"{bp.name}.put_preferences"
-    app.view_functions[endpoint] = limit(app.view_functions[endpoint])

@@ -82,18 +82,20 @@ class WriteLimit:
         return headers
 
 
-def limited(limit_for: Callable[[], tuple[WriteLimit, str]]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """A view decorator: count the request against the limit and under the key limit_for() names, first."""
+def write_limited(view: Callable[..., Any]) -> Callable[..., Any]:
+    """A view decorator, put where a write view is declared: the request counts against its caller's limit first.
 
-    def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
-        @wraps(view)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            limit, key = limit_for()
-            headers = limit.hit(key)
-            response = current_app.make_response(view(*args, **kwargs))
-            response.headers.update(headers)
-            return response
+    Which limit and key is the app's `write_limit_for` (tasks_api.init_app sets it:
+    users under RATE_LIMIT_WRITES, service tokens under RATE_LIMIT_SERVICE_WRITES).
+    """
 
-        return wrapper
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        limit, key = current_app.extensions["write_limit_for"]()
+        headers = limit.hit(key)
+        response = current_app.make_response(view(*args, **kwargs))
+        response.headers.update(headers)
+        return response
 
-    return decorate
+    wrapper.write_limited = True  # type: ignore[attr-defined]
+    return wrapper

@@ -18,7 +18,7 @@ from auth import current_viewer, rate_limit_caller, requires
 from broker import BrokerUnavailable, Event
 from db import MAX_ID, Idempotency, Store, TaskNotFound, decode_cursor, encode_cursor
 from errors import APIError
-from ratelimit import WriteLimit, limited
+from ratelimit import WriteLimit, write_limited
 from schemas import (
     TASK_ID_RULE,
     EventListQuery,
@@ -33,7 +33,6 @@ from schemas import (
 bp = Blueprint("api", __name__)
 
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
-WRITE_ENDPOINTS = ("update_task", "replace_task", "patch_task", "delete_task", "retry_notification")
 UPDATE_ACCEPTED = "task updated, notification will be sent asynchronously"
 
 
@@ -153,6 +152,7 @@ def _write(task_id: str, fields: dict[str, Any], mode: str, respond: Respond) ->
 
 
 @bp.post("/update_task")
+@write_limited
 @requires("tasks:write")
 def update_task() -> ResponseReturnValue:
     """Create the task or change the fields given; notifications are sent in the background."""
@@ -186,6 +186,7 @@ def get_task(task_id: str) -> ResponseReturnValue:
 
 
 @bp.put("/tasks/<task_id>")
+@write_limited
 @requires("tasks:write")
 def replace_task(task_id: str) -> ResponseReturnValue:
     """Set every field of the task, creating it if new (201) or replacing it (200)."""
@@ -197,6 +198,7 @@ def replace_task(task_id: str) -> ResponseReturnValue:
 
 
 @bp.patch("/tasks/<task_id>")
+@write_limited
 @requires("tasks:write")
 def patch_task(task_id: str) -> ResponseReturnValue:
     checked_task_id(task_id)
@@ -206,6 +208,7 @@ def patch_task(task_id: str) -> ResponseReturnValue:
 
 
 @bp.delete("/tasks/<task_id>")
+@write_limited
 @requires("tasks:write")
 def delete_task(task_id: str) -> ResponseReturnValue:
     checked_task_id(task_id)
@@ -261,6 +264,7 @@ def get_notification(notification_id: int) -> ResponseReturnValue:
 
 
 @bp.post("/notifications/<int:notification_id>/retry")
+@write_limited
 @requires("tasks:write")
 def retry_notification(notification_id: int) -> ResponseReturnValue:
     """Give a dead notification a fresh set of attempts (409 unless it is dead)."""
@@ -318,10 +322,6 @@ def init_app(app: Flask) -> WriteLimit:
         key, service = rate_limit_caller()
         return (service_limit, f"service:{key}") if service else (write_limit, key)
 
-    limit = limited(limit_for_caller)
-    for name in WRITE_ENDPOINTS:
-        endpoint = f"{bp.name}.{name}"
-        app.view_functions[endpoint] = limit(app.view_functions[endpoint])
     app.extensions["write_limit"] = write_limit
-    app.extensions["write_limit_for"] = limit_for_caller  # for the writes of other blueprints
+    app.extensions["write_limit_for"] = limit_for_caller  # what @write_limited counts against
     return write_limit

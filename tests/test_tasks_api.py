@@ -174,3 +174,14 @@ def test_rejected_put_and_patch_change_nothing(app, client):
     assert_error(client.patch("/tasks/k", data="x", content_type="text/plain"), 415, "unsupported_media_type")
     assert counts(app) == before
     assert client.get("/tasks/k").get_json()["title"] == "kept"
+
+
+def test_every_write_view_is_declared_with_its_rate_limit(app):
+    """A write view has @write_limited where it is declared; the one exception is named here, with its reason."""
+    unlimited = {"preferences.unsubscribe"}  # mail providers post one-click unsubscribes: never a 429
+    missing = []
+    for rule in app.url_map.iter_rules():
+        if rule.methods & {"POST", "PUT", "PATCH", "DELETE"} and rule.endpoint not in unlimited:
+            if not getattr(app.view_functions[rule.endpoint], "write_limited", False):
+                missing.append(f"{rule.endpoint} ({rule.rule})")
+    assert not missing, missing
