@@ -133,6 +133,12 @@ class FakeSocketIO:
     def __init__(self) -> None:
         self.server = RoomRecorder()
 
+    def start_background_task(self, target: Any, *args: Any) -> None:
+        target(*args)  # at once: the hub attaches a new client from a background task
+
+    def emit(self, *_args: Any, **_kwargs: Any) -> None:
+        pass  # stream_start
+
 
 def connected_hub(max_subscriptions: int, viewer: Viewer) -> tuple[streams.StreamHub, RoomRecorder]:
     socketio = FakeSocketIO()
