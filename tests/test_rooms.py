@@ -5,6 +5,7 @@ from __future__ import annotations
 import socketio
 
 import rooms
+from support import wait_for
 
 
 class NoScan(dict):
@@ -69,8 +70,12 @@ def test_a_write_is_in_the_socketio_clients_queue_before_the_post_is_answered(ma
 
     app = make_app()
     app_module.start(app)
-    client = app.extensions["socketio"].test_client(app)
+    socketio = app.extensions["socketio"]
+    client = socketio.test_client(app)
     assert client.is_connected()
+    # A new client is told where its stream starts, then joins its rooms (from a background task).
+    wait_for(lambda: socketio.server.manager.rooms.get("/", {}).get("all"), 10, "the client in its room")
+    assert [r["name"] for r in client.get_received()] == ["stream_start"]
     written = app.test_client().post("/update_task", json={"task_id": "123", "user_email": "a@example.com"})
     assert written.status_code == 200
     received = client.get_received()
