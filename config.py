@@ -138,6 +138,13 @@ def split_host(value: str) -> tuple[str, int | None]:
     return name, None if port is None else int(port)
 
 
+def as_part_names(value: str) -> tuple[str, ...]:
+    """Names of the self-check's parts (fences.PARTS), comma-separated, or all."""
+    from fences import as_part_names as parse
+
+    return parse(value)
+
+
 def as_allowed_hosts(value: str) -> list[str]:
     """Host names the server answers for: `name`, `name:port`, `.domain` or `*.domain` (its subdomains), `*`."""
     hosts = []
@@ -231,6 +238,8 @@ SETTINGS: dict[str, tuple[Any, Callable[[str], Any]]] = {
     "MAX_STREAMS_PER_USER": (20, as_int),
     "MAX_SUBSCRIPTIONS_PER_CONNECTION": (100, as_positive_int),
     "LOG_LEVEL": ("INFO", as_str),
+    # For tests only: the self-check (fences.py) fails these parts, which then run on their fallbacks.
+    "SELF_CHECK_FAIL": ((), as_part_names),
 }
 
 

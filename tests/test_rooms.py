@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import socketio
 
 import rooms
+from support import on_fallback
 
 
 class NoScan(dict):
@@ -52,6 +54,7 @@ def test_every_client_gone_leaves_no_room_behind():
     assert manager.pending_connect == {}
 
 
+@pytest.mark.skipif(on_fallback("rooms"), reason="SELF_CHECK_FAIL puts the rooms on the stock manager")
 def test_the_app_uses_the_indexed_manager(make_app):
     assert type(make_app().extensions["socketio"].server.manager) is rooms.IndexedManager
 
@@ -73,6 +76,6 @@ def test_a_write_is_in_the_socketio_clients_queue_before_the_post_is_answered(ma
     assert client.is_connected()
     written = app.test_client().post("/update_task", json={"task_id": "123", "user_email": "a@example.com"})
     assert written.status_code == 200
-    received = client.get_received()
-    assert [(r["name"], r["args"][0]["task_id"]) for r in received] == [("task_update", "123")]
+    received = [r for r in client.get_received() if r["name"] == "task_update"]  # after stream_start
+    assert [r["args"][0]["task_id"] for r in received] == ["123"]
     client.disconnect()
