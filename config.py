@@ -227,6 +227,8 @@ SETTINGS: dict[str, tuple[Any, Callable[[str], Any]]] = {
     "SOCKETIO_PING_TIMEOUT": (20, as_whole_seconds),
     "STREAM_QUEUE_SIZE": (1000, as_int),
     "DIRECT_WRITES": (True, as_bool),
+    # For tests only: the self-check (fences.py) fails these parts, which then run on their fallbacks.
+    "SELF_CHECK_FAIL": ((), as_part_names),
     "MAX_CONNECTIONS": (10000, as_int),
     "HEADER_TIMEOUT_SECONDS": (10.0, as_seconds),
     "KEEPALIVE_IDLE_SECONDS": (75.0, as_seconds),
@@ -238,8 +240,6 @@ SETTINGS: dict[str, tuple[Any, Callable[[str], Any]]] = {
     "MAX_STREAMS_PER_USER": (20, as_int),
     "MAX_SUBSCRIPTIONS_PER_CONNECTION": (100, as_positive_int),
     "LOG_LEVEL": ("INFO", as_str),
-    # For tests only: the self-check (fences.py) fails these parts, which then run on their fallbacks.
-    "SELF_CHECK_FAIL": ((), as_part_names),
 }
 
 
