@@ -477,14 +477,16 @@ class _StreamTransports:
     connection's compressor holds about 130 KB (Node's ws server leaves it off too).
     """
 
-    def __init__(self, wsgi_app: Any) -> None:
+    def __init__(self, wsgi_app: Any, direct_writes: bool) -> None:
         self.wsgi_app = wsgi_app
+        self.direct_writes = direct_writes  # only then are live events written past eventlet
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         path = environ.get("PATH_INFO", "")
         if path == "/task_updates":
             environ["eventlet.minimum_write_chunk_size"] = 0
-            note_chunked(environ, start_response)
+            if self.direct_writes:
+                note_chunked(environ, start_response)
         elif path.startswith("/socket.io"):
             environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
         return self.wsgi_app(environ, start_response)
@@ -525,7 +527,7 @@ def init_app(app: Flask, store: Store, broker: Broker) -> StreamHub:
     app.extensions["streams"] = hub
     _register_socketio_handlers(socketio, hub, by_manager=fence.check("connect-events", socketio.server.manager))
     app.register_blueprint(bp)
-    app.wsgi_app = _StreamTransports(app.wsgi_app)  # type: ignore[method-assign]
+    app.wsgi_app = _StreamTransports(app.wsgi_app, direct_writes)  # type: ignore[method-assign]
     return hub
 
 
