@@ -35,6 +35,7 @@ import auth
 import db
 import edge
 import errors
+import fences
 import heap
 import httpserver
 import metrics
@@ -72,6 +73,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.session_interface = NoSessions()
 
+    fence = fences.of(app)  # the self-check of the library internals, made by the parts that use them
     errors.init_app(app)
     auth.init_app(app)
     CORS(
@@ -96,6 +98,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(openapi.bp)
     app.register_blueprint(pages.bp)
     observer.init_app(app, stream_counts=lambda: hub.counts, outbox_counts=lambda: metrics.outbox_counts(store))
+    observer.registry.register(fence.gauge())
     app.cli.add_command(notifications.worker_command)
     app.cli.add_command(migrate.db_cli)
     edge.init_app(app)  # outermost: proxy headers, allowed hosts and request bodies, for every path
@@ -182,8 +185,10 @@ def main() -> None:
         socketio.run(app, host=settings["HOST"], port=settings["PORT"], log_output=False)
     else:
         limits = httpserver.Limits(settings["HEADER_TIMEOUT_SECONDS"], settings["KEEPALIVE_IDLE_SECONDS"])
+        fence = fences.of(app)
         httpserver.serve(app, settings["HOST"], settings["PORT"], mode, max_connections=settings["MAX_CONNECTIONS"],
-                         limits=limits)
+                         limits=limits, guards=fence.check("http-guards", mode),
+                         lean_buffers=mode == "eventlet" and fence.check("lean-buffers"))
     _stop_and_exit()
 
 

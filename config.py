@@ -138,6 +138,13 @@ def split_host(value: str) -> tuple[str, int | None]:
     return name, None if port is None else int(port)
 
 
+def as_part_names(value: str) -> tuple[str, ...]:
+    """Names of the self-check's parts (fences.PARTS), comma-separated, or all."""
+    from fences import as_part_names as parse
+
+    return parse(value)
+
+
 def as_allowed_hosts(value: str) -> list[str]:
     """Host names the server answers for: `name`, `name:port`, `.domain` or `*.domain` (its subdomains), `*`."""
     hosts = []
@@ -274,6 +281,8 @@ SETTINGS: dict[str, tuple[Any, Callable[[str], Any]]] = {
     "SOCKETIO_PING_TIMEOUT": (20, as_whole_seconds),
     "STREAM_QUEUE_SIZE": (1000, as_int),
     "DIRECT_WRITES": (True, as_bool),
+    # For tests only: the self-check (fences.py) fails these parts, which then run on their fallbacks.
+    "SELF_CHECK_FAIL": ((), as_part_names),
     "MAX_CONNECTIONS": (10000, as_int),
     "HEADER_TIMEOUT_SECONDS": (10.0, as_seconds),
     "KEEPALIVE_IDLE_SECONDS": (75.0, as_seconds),

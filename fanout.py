@@ -17,6 +17,10 @@ Anything not served by eventlet's own WSGI server over plain TCP (gevent,
 threads, TLS, Socket.IO long-polling) keeps the ordinary, queued path:
 `stream_socket()` returns None for it, and `LiveWebSockets` is disabled or
 declines (`send()` returns False).
+
+This module holds the service's reaches into eventlet's and python-engineio's
+internals (also `close_on_malformed_packets`, under every server); fences.py
+checks them at start, and `DIRECT_WRITES=0` is the path they fall back to.
 """
 
 from __future__ import annotations
@@ -566,6 +570,24 @@ class LiveWebSockets:
         connection.send(frame)
         return True
 
+    def emit(self, rooms: list[str], message: str) -> list[str]:
+        """Send a Socket.IO message to the clients in rooms; the Engine.IO ids of those too far behind to keep.
+
+        A taken-over websocket gets the message's frame, encoded once for all of
+        them; any other client (long-polling, an upgrade under way) its Engine.IO queue.
+        """
+        frame = websocket_frame(f"4{message}".encode())  # an Engine.IO MESSAGE packet
+        slow, packet = [], None
+        for _sid, eio_sid in self.sio.manager.get_participants("/", rooms):
+            if self.send(eio_sid, frame):
+                continue
+            packet = packet or eio_packet.Packet(eio_packet.MESSAGE, message)
+            self.eio.send_packet(eio_sid, packet)
+            eio_socket = self.eio.sockets.get(eio_sid)
+            if eio_socket is not None and eio_socket.queue.qsize() > self.max_pending:
+                slow.append(eio_sid)
+        return slow
+
     def cut(self, eio_sid: str) -> None:
         """Close a client that fell behind, transport and all: its Socket.IO client reconnects and resumes."""
         connection = self._by_sid.get(eio_sid)
@@ -716,3 +738,25 @@ class _SocketsNoted(dict):  # type: ignore[type-arg]
     def __setitem__(self, sid: str, eio_socket: Any) -> None:
         self._noted(eio_socket)
         super().__setitem__(sid, eio_socket)
+
+
+def close_on_malformed_packets(eio: Any, malformed: type[Exception]) -> None:
+    """Close the connection of a client that sends a packet that does not parse (decoding raises malformed).
+
+    Socket.IO would log the error with its traceback, drop the packet and keep
+    the connection, leaving a client that asked for an acknowledgement waiting.
+    This wraps Engine.IO's message handler (python-socketio's), under every server.
+    """
+    handle = eio.handlers["message"]
+
+    def on_message(eio_sid: str, data: Any) -> Any:
+        try:
+            return handle(eio_sid, data)
+        except malformed as exc:
+            logger.info("closing Socket.IO connection %s: a packet that does not parse (%s)", eio_sid, exc)
+            eio_socket = eio.sockets.get(eio_sid)
+            if eio_socket is not None:  # without waiting for a polling client to fetch the close
+                eio_socket.close(wait=False, reason=eio.reason.SERVER_DISCONNECT)
+            return None
+
+    eio.on("message", on_message)

@@ -15,7 +15,9 @@ No limit applies once the head has arrived: responses, SSE streams, websockets a
 long polls last as long as they need (nor is a slow request body bounded here).
 
 This module is the one place that reaches into the servers' internals (eventlet 0.41,
-gevent 26 with gevent-websocket 0.10); INTERNALS names each of them.
+gevent 26 with gevent-websocket 0.10). fences.py checks each of them at start (the parts
+http-guards and lean-buffers); without them the server runs its library's plain handler
+(`guards=False`: no deadlines, logged as an ERROR) or eventlet's buffer sizes (`lean_buffers=False`).
 """
 
 from __future__ import annotations
@@ -57,27 +59,6 @@ MESSAGES = {
          f"{MAX_HEADER_BYTES} bytes in all)",
     500: "internal server error",
 }
-
-# What this module relies on that the servers do not document as public, for a start-up self-check.
-INTERNALS = {
-    "eventlet": (
-        "eventlet.wsgi.HttpProtocol (passed as protocol=): handle_one_request reads the request line with "
-        "_read_request_line(), then parse_request() (the stdlib's, which answers with send_error()), then calls "
-        "handle_one_response(); it lets a green Timeout raised in a read pass",
-        "eventlet.wsgi.HttpProtocol._read_request_line (private), server.url_length_limit",
-        "eventlet.wsgi.HeaderLineTooLong and HeadersTooLarge, raised out of parse_request()",
-        "HttpProtocol attributes rfile (a buffered reader: peek), wfile, close_connection, headers, command",
-    ),
-    "gevent": (
-        "gevent.pywsgi.WSGIHandler, through geventwebsocket.handler.WebSocketHandler (handler_class=): "
-        "handle_one_request returns None, True or (status, response bytes); read_request() parses the head "
-        "with MessageClass(rfile, 0) and raises ValueError on a bad one; handle_one_response()",
-        "gevent.pywsgi.WSGIHandler._send_error_response_if_possible (private), response_length",
-        "WebSocketHandler.upgrade_websocket and SUPPORTED_VERSIONS",
-        "WSGIHandler attributes rfile (a buffered reader: peek), command, request_version, environ",
-    ),
-}
-
 
 @dataclass(frozen=True)
 class Limits:
@@ -220,17 +201,26 @@ class _HeadDeadline:
         logger.info("refused a request from %s: %s %s", client, refusal.status, refusal.message)
 
 
-def eventlet_protocol(limits: Limits) -> type:
+def eventlet_protocol(limits: Limits, guards: bool = True, lean_buffers: bool = True) -> type:
     """eventlet's HTTP handler, guarded, with 1 KiB buffers instead of 8 + 16 KiB (most of an idle stream's memory).
 
     Requests and answers of the API are small; larger bodies bypass the buffers.
+    Without guards, eventlet's own handler; without lean_buffers, its buffer sizes.
     """
     import eventlet
     from eventlet import wsgi
 
-    class GuardedHttpProtocol(_HeadDeadline, wsgi.HttpProtocol):
-        rbufsize = 1024
-        wbufsize = 1024
+    base = wsgi.HttpProtocol
+    if lean_buffers:
+        class LeanHttpProtocol(wsgi.HttpProtocol):
+            rbufsize = 1024
+            wbufsize = 1024
+
+        base = LeanHttpProtocol
+    if not guards:
+        return base
+
+    class GuardedHttpProtocol(_HeadDeadline, base):  # type: ignore[misc, valid-type]
         header_timeout = limits.header_timeout
         keepalive_idle = limits.keepalive_idle
         _timeout_class = eventlet.Timeout
@@ -289,8 +279,8 @@ def eventlet_protocol(limits: Limits) -> type:
     return GuardedHttpProtocol
 
 
-def gevent_handler(limits: Limits) -> type:
-    """gevent's HTTP handler (gevent-websocket's, as Flask-SocketIO uses when installed), guarded."""
+def gevent_handler(limits: Limits, guards: bool = True) -> type:
+    """gevent's HTTP handler (gevent-websocket's, as Flask-SocketIO uses when installed), guarded unless not guards."""
     import gevent
     from gevent import pywsgi
 
@@ -298,6 +288,8 @@ def gevent_handler(limits: Limits) -> type:
         from geventwebsocket.handler import WebSocketHandler as base
     except ImportError:
         base = pywsgi.WSGIHandler
+    if not guards:
+        return base
 
     class GuardedHandler(_HeadDeadline, base):  # type: ignore[misc, valid-type]
         header_timeout = limits.header_timeout
@@ -373,17 +365,21 @@ def gevent_handler(limits: Limits) -> type:
     return GuardedHandler
 
 
-def serve(app: Any, host: str, port: int, mode: str, *, max_connections: int, limits: Limits) -> None:
-    """Serve the WSGI app on host:port with eventlet's or gevent's server, guarded, until the process stops."""
+def serve(app: Any, host: str, port: int, mode: str, *, max_connections: int, limits: Limits, guards: bool = True,
+          lean_buffers: bool = True) -> None:
+    """Serve the WSGI app on host:port with eventlet's or gevent's server, guarded, until the process stops.
+
+    guards and lean_buffers off: the fallbacks of the self-check (fences.py).
+    """
     if mode == "eventlet":
-        _serve_eventlet(app, host, port, max_connections, limits)
+        _serve_eventlet(app, host, port, max_connections, eventlet_protocol(limits, guards, lean_buffers))
     elif mode == "gevent":
-        _serve_gevent(app, host, port, limits)
+        _serve_gevent(app, host, port, gevent_handler(limits, guards))
     else:
         raise ValueError(f"no guarded server for {mode!r}")
 
 
-def _serve_eventlet(app: Any, host: str, port: int, max_connections: int, limits: Limits) -> None:
+def _serve_eventlet(app: Any, host: str, port: int, max_connections: int, protocol: type) -> None:
     # As Flask-SocketIO's run() does, with the guarded protocol and no traceback in a 500's body (debug=False).
     import eventlet
     from eventlet import wsgi
@@ -391,12 +387,11 @@ def _serve_eventlet(app: Any, host: str, port: int, max_connections: int, limits
 
     family, _type, _proto, _name, address = socket.getaddrinfo(host, port)[0]
     listener = eventlet.listen(address, family)
-    wsgi.server(listener, app, max_size=max_connections, protocol=eventlet_protocol(limits), log_output=False,
-                debug=False)
+    wsgi.server(listener, app, max_size=max_connections, protocol=protocol, log_output=False, debug=False)
 
 
-def _serve_gevent(app: Any, host: str, port: int, limits: Limits) -> None:
+def _serve_gevent(app: Any, host: str, port: int, handler: type) -> None:
     # As Flask-SocketIO's run() does, with the guarded handler.
     from gevent import pywsgi
 
-    pywsgi.WSGIServer((host, port), app, handler_class=gevent_handler(limits), log=None).serve_forever()
+    pywsgi.WSGIServer((host, port), app, handler_class=handler, log=None).serve_forever()

@@ -4,6 +4,12 @@ A sliding-window counter (the current and the previous window's counts,
 weighted): constant time and memory per caller. It is checked in the write
 views' decorator only; Flask-Limiter, which it replaces, ran its machinery
 before every request and cost about a fifth of a write's time.
+
+A storage that cannot be reached (Redis down) fails open: the write goes
+through, with a warning logged. Nothing else does: an error of the limiter
+itself propagates (a 500), so limiting is never turned off unseen.
+SweptMemoryStorage overrides a hook of limits by its mangled name; fences.py
+checks the hook at start, and `swept=False` is the stock storage it falls back to.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Any
 
 from flask import current_app
 from limits import RateLimitItem, parse_many
+from limits.errors import StorageError
 from limits.storage import MemoryStorage, Storage, storage_from_string
 from limits.strategies import SlidingWindowCounterRateLimiter
 
@@ -44,17 +51,23 @@ class SweptMemoryStorage(MemoryStorage):
             self.timer.start()
 
 
-def limit_storage(uri: str) -> Storage:
-    """The counters' storage: in this process for memory://, otherwise what the URI names (redis://...)."""
-    return SweptMemoryStorage() if uri == "memory://" else storage_from_string(uri)
+def limit_storage(uri: str, swept: bool = True) -> Storage:
+    """The counters' storage: in this process for memory://, otherwise what the URI names (redis://...).
+
+    In process, swept (SweptMemoryStorage) unless swept is False. Any other
+    storage raises StorageError when it cannot be reached.
+    """
+    if uri == "memory://":
+        return SweptMemoryStorage() if swept else MemoryStorage()
+    return storage_from_string(uri, wrap_exceptions=True)
 
 
 class WriteLimit:
     """Every limit of a specification such as "10 per second; 1000 per hour", for each caller key."""
 
-    def __init__(self, spec: str, storage_uri: str) -> None:
+    def __init__(self, spec: str, storage_uri: str, swept: bool = True) -> None:
         self.items: list[RateLimitItem] = parse_many(spec)
-        self.limiter = SlidingWindowCounterRateLimiter(limit_storage(storage_uri))
+        self.limiter = SlidingWindowCounterRateLimiter(limit_storage(storage_uri, swept))
 
     def hit(self, key: str) -> dict[str, str]:
         """Count a request of key against every limit: the X-RateLimit headers of the tightest; 429 when over one."""
@@ -64,7 +77,7 @@ class WriteLimit:
             try:
                 allowed = self.limiter.hit(item, key)
                 reset_at, remaining = self.limiter.get_window_stats(item, key)
-            except Exception:  # noqa: BLE001 - the limit's storage (Redis) is down: do not refuse writes for it
+            except StorageError:  # the limit's storage (Redis) is down: do not refuse writes for it
                 logger.warning("rate-limit storage unavailable: writes are not limited", exc_info=True)
                 return {}
             if not allowed and over is None:

@@ -6,6 +6,10 @@ with N clients connected, each disconnect costs N, and N clients leaving at
 once (a restart of a proxy, a network blip) cost N². Measured here: 5 000
 Socket.IO clients dropping together held the server busy for 5 s, every other
 stream stalled meanwhile.
+
+The managers here override python-socketio's undocumented `basic_*` methods
+and read its client state; fences.py checks both at start, and
+`client_manager(..., indexed=False)` is the stock manager they fall back to.
 """
 
 from __future__ import annotations
@@ -67,8 +71,11 @@ class IndexedRedisManager(RoomIndex, socketio.RedisManager):
     """The client manager of several processes sharing Redis."""
 
 
-def client_manager(redis_url: str | None, channel: str) -> socketio.Manager:
-    """The Socket.IO client manager: shared through Redis when redis_url is given, else in this process."""
+def client_manager(redis_url: str | None, channel: str, indexed: bool = True) -> socketio.Manager:
+    """The Socket.IO client manager: shared through Redis when redis_url is given, else in this process.
+
+    indexed=False gives python-socketio's stock manager (the fallback when the self-check fails).
+    """
     if redis_url:
-        return IndexedRedisManager(redis_url, channel=channel)
-    return IndexedManager()
+        return (IndexedRedisManager if indexed else socketio.RedisManager)(redis_url, channel=channel)
+    return IndexedManager() if indexed else socketio.Manager()

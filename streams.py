@@ -19,17 +19,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engineio import json as engineio_json
-from engineio.packet import MESSAGE as ENGINEIO_MESSAGE
-from engineio.packet import Packet as EngineIOPacket
 from flask import Blueprint, Flask, Response, current_app, request
 from flask_socketio import ConnectionRefusedError as SocketIORefused
 from flask_socketio import SocketIO
 
+import fences
 from auth import TokenError, Viewer, authenticate, viewer_for_token
 from broker import Broker, Event, SubscriptionClosed
 from db import Store
 from errors import APIError
-from fanout import LiveStreams, LiveWebSockets, SSEWriter, note_chunked, stream_socket, websocket_frame
+from fanout import LiveStreams, LiveWebSockets, SSEWriter, close_on_malformed_packets, note_chunked, stream_socket
 from rooms import client_manager
 from schemas import EVENT_ID_RULE, TASK_ID_RULE, event_id, is_task_id
 
@@ -238,7 +237,8 @@ class StreamHub:
         # MAX_CONNECTIONS bounds: this bounds them, as many again.
         self.max_streams = max_streams
         self.queue_size = queue_size
-        # Off only to measure what writing straight to the sockets saves (bench, DIRECT_WRITES=0).
+        # Off with DIRECT_WRITES=0, outside eventlet, and when the self-check finds the take-over's
+        # internals missing (fences.py): every stream then has its queue.
         self.direct_writes = direct_writes
         self._websockets = LiveWebSockets(socketio.server, queue_size) if direct_writes else None
         self.live_sse = LiveStreams(heartbeat)
@@ -337,20 +337,8 @@ class StreamHub:
             # ignore_queue: every process relays the ordered event stream to its own clients.
             self.socketio.emit("task_update", json.loads(event.data), to=rooms, ignore_queue=True)
             return []
-        # The Socket.IO EVENT packet inside an Engine.IO MESSAGE, encoded once for every client.
-        message = f'2["task_update",{event.data}]'
-        frame = websocket_frame(f"4{message}".encode())
-        server, slow, packet = self.socketio.server, [], None
-        for _sid, eio_sid in server.manager.get_participants("/", rooms):
-            if self._websockets.send(eio_sid, frame):
-                continue
-            # Not a websocket taken over (long-polling, an upgrade under way): its queue.
-            packet = packet or EngineIOPacket(ENGINEIO_MESSAGE, message)
-            server.eio.send_packet(eio_sid, packet)
-            eio_socket = server.eio.sockets.get(eio_sid)
-            if eio_socket is not None and eio_socket.queue.qsize() > self.queue_size:
-                slow.append(eio_sid)
-        return slow
+        # The Socket.IO EVENT packet, encoded once for every client.
+        return self._websockets.emit(rooms, f'2["task_update",{event.data}]')
 
     def _disconnect_expired(self) -> None:
         """Close the Socket.IO connections whose token has expired."""
@@ -401,6 +389,10 @@ class StreamHub:
             for event in replay(self.store, last_event_id, client.viewer, task_ids, until_id=until_id):
                 self.socketio.emit("task_update", json.loads(event.data), to=sid, ignore_queue=True)
             last_event_id = until_id
+
+    def holds(self, sid: str) -> bool:
+        """Whether sid is a client that connected and has not left."""
+        return sid in self._clients
 
     def disconnect(self, sid: str) -> None:
         with self._lock:
@@ -472,27 +464,6 @@ class _PacketJSON:
             raise MalformedPacket("nested too deeply") from None
 
 
-def _close_on_malformed_packets(eio: Any) -> None:
-    """Close the connection of a client that sends a packet that does not parse.
-
-    Socket.IO would log the error with its traceback, drop the packet and keep
-    the connection, leaving a client that asked for an acknowledgement waiting.
-    """
-    handle = eio.handlers["message"]
-
-    def on_message(eio_sid: str, data: Any) -> Any:
-        try:
-            return handle(eio_sid, data)
-        except MalformedPacket as exc:
-            logger.info("closing Socket.IO connection %s: a packet that does not parse (%s)", eio_sid, exc)
-            eio_socket = eio.sockets.get(eio_sid)
-            if eio_socket is not None:  # without waiting for a polling client to fetch the close
-                eio_socket.close(wait=False, reason=eio.reason.SERVER_DISCONNECT)
-            return None
-
-    eio.on("message", on_message)
-
-
 class _StreamTransports:
     """WSGI middleware for the two stream transports; it wraps Flask-SocketIO's, which copies the environ.
 
@@ -506,14 +477,16 @@ class _StreamTransports:
     connection's compressor holds about 130 KB (Node's ws server leaves it off too).
     """
 
-    def __init__(self, wsgi_app: Any) -> None:
+    def __init__(self, wsgi_app: Any, direct_writes: bool) -> None:
         self.wsgi_app = wsgi_app
+        self.direct_writes = direct_writes  # only then are live events written past eventlet
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         path = environ.get("PATH_INFO", "")
         if path == "/task_updates":
             environ["eventlet.minimum_write_chunk_size"] = 0
-            note_chunked(environ, start_response)
+            if self.direct_writes:
+                note_chunked(environ, start_response)
         elif path.startswith("/socket.io"):
             environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
         return self.wsgi_app(environ, start_response)
@@ -529,10 +502,13 @@ def init_app(app: Flask, store: Store, broker: Broker) -> StreamHub:
         own = f"{environ.get('wsgi.url_scheme', 'http')}://{environ.get('HTTP_HOST', '')}"
         return origin == own or origin in allowed
 
+    fence = fences.of(app)  # each reach into a library's internals only if its self-check passes
+    manager = client_manager(app.config.get("REDIS_URL"), f"{app.config['REDIS_CHANNEL']}-socketio",
+                             indexed=fence.check("rooms"))
     socketio = SocketIO(
         app,
         async_mode=app.config["ASYNC_MODE"],
-        client_manager=client_manager(app.config.get("REDIS_URL"), f"{app.config['REDIS_CHANNEL']}-socketio"),
+        client_manager=manager,
         cors_allowed_origins=origin_allowed,
         logger=False,
         engineio_logger=False,
@@ -540,15 +516,18 @@ def init_app(app: Flask, store: Store, broker: Broker) -> StreamHub:
         ping_timeout=app.config["SOCKETIO_PING_TIMEOUT"],
         json=_PacketJSON,
     )
-    _close_on_malformed_packets(socketio.server.eio)
+    if fence.check("malformed-packet-close", socketio.server.eio):
+        close_on_malformed_packets(socketio.server.eio, MalformedPacket)
+    direct_writes = (app.config["DIRECT_WRITES"] and app.config["ASYNC_MODE"] == "eventlet"
+                     and fence.check("takeover", socketio.server))
     hub = StreamHub(socketio, store, broker, app.config["MAX_STREAMS_PER_USER"],
-                    queue_size=app.config["STREAM_QUEUE_SIZE"], direct_writes=app.config["DIRECT_WRITES"],
+                    queue_size=app.config["STREAM_QUEUE_SIZE"], direct_writes=direct_writes,
                     heartbeat=app.config["SSE_HEARTBEAT_SECONDS"], max_streams=app.config["MAX_CONNECTIONS"],
                     max_subscriptions=app.config["MAX_SUBSCRIPTIONS_PER_CONNECTION"])
     app.extensions["streams"] = hub
-    _register_socketio_handlers(socketio, hub)
+    _register_socketio_handlers(socketio, hub, by_manager=fence.check("connect-events", socketio.server.manager))
     app.register_blueprint(bp)
-    app.wsgi_app = _StreamTransports(app.wsgi_app)  # type: ignore[method-assign]
+    app.wsgi_app = _StreamTransports(app.wsgi_app, direct_writes)  # type: ignore[method-assign]
     return hub
 
 
@@ -560,7 +539,7 @@ def _end_for_reserved_event(socketio: SocketIO, name: str) -> None:
     socketio.server.disconnect(sid, namespace=request.namespace, ignore_queue=True)  # type: ignore[attr-defined]
 
 
-def _register_socketio_handlers(socketio: SocketIO, hub: StreamHub) -> None:
+def _register_socketio_handlers(socketio: SocketIO, hub: StreamHub, by_manager: bool = True) -> None:
     """The Socket.IO handlers: connect and disconnect, subscribe and unsubscribe.
 
     python-socketio hands a client's event named "connect" or "disconnect" to
@@ -571,12 +550,19 @@ def _register_socketio_handlers(socketio: SocketIO, hub: StreamHub) -> None:
     event ends its connection. One that runs after its connection began to end
     is taken for that disconnect, which is harmless: the hub forgets a
     connection once.
+
+    Without by_manager (the self-check's fallback), a connect for a client the
+    hub already holds is the client's own event, and every disconnect is taken
+    for a real one: the hub forgets the client and its connection is ended.
     """
     manager = socketio.server.manager
 
+    def real_connect(sid: str, namespace: str) -> bool:
+        return manager.is_pre_connected(sid, namespace) if by_manager else not hub.holds(sid)
+
     @socketio.on("connect")
     def on_connect(auth: Any = None) -> None:
-        if not manager.is_pre_connected(request.sid, request.namespace):  # type: ignore[attr-defined]
+        if not real_connect(request.sid, request.namespace):  # type: ignore[attr-defined]
             _end_for_reserved_event(socketio, "connect")
             return
         auth = auth if isinstance(auth, dict) else {}
@@ -600,10 +586,16 @@ def _register_socketio_handlers(socketio: SocketIO, hub: StreamHub) -> None:
 
     @socketio.on("disconnect")
     def on_disconnect(reason: Any = None) -> None:
-        if manager.is_connected(request.sid, request.namespace):  # type: ignore[attr-defined]
+        sid, namespace = request.sid, request.namespace  # type: ignore[attr-defined]
+        if not by_manager:
+            hub.disconnect(sid)
+            # Nothing for a real disconnect, which has ended; a client's own event ends its connection.
+            socketio.start_background_task(socketio.server.disconnect, sid, namespace=namespace, ignore_queue=True)
+            return
+        if manager.is_connected(sid, namespace):
             _end_for_reserved_event(socketio, "disconnect")
             return
-        hub.disconnect(request.sid)  # type: ignore[attr-defined]
+        hub.disconnect(sid)
 
     def refuse(name: str) -> Callable[..., None]:
         def on_reserved(*_args: Any) -> None:

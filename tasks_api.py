@@ -13,6 +13,7 @@ from flask.typing import ResponseReturnValue
 from pydantic import BaseModel
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+import fences
 import notifications
 from auth import current_viewer, rate_limit_caller, requires
 from broker import BrokerUnavailable, Event
@@ -315,8 +316,10 @@ def readyz() -> ResponseReturnValue:
 def init_app(app: Flask) -> WriteLimit:
     """Register the API and rate-limit its writes per caller (RATE_LIMIT_WRITES; services RATE_LIMIT_SERVICE_WRITES)."""
     app.register_blueprint(bp)
-    write_limit = WriteLimit(app.config["RATE_LIMIT_WRITES"], app.config["RATE_LIMIT_STORAGE_URI"])
-    service_limit = WriteLimit(app.config["RATE_LIMIT_SERVICE_WRITES"], app.config["RATE_LIMIT_STORAGE_URI"])
+    uri = app.config["RATE_LIMIT_STORAGE_URI"]
+    swept = uri == "memory://" and fences.of(app).check("ratelimit-sweep")
+    write_limit = WriteLimit(app.config["RATE_LIMIT_WRITES"], uri, swept)
+    service_limit = WriteLimit(app.config["RATE_LIMIT_SERVICE_WRITES"], uri, swept)
 
     def limit_for_caller() -> tuple[WriteLimit, str]:
         key, service = rate_limit_caller()

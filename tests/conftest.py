@@ -99,7 +99,7 @@ def start_server(tmp_path: Path, database_url: str) -> Iterator[Callable[..., Li
     """Start `python app.py` subprocesses on a temporary instance folder; all are stopped at the end."""
     servers: list[LiveServer] = []
 
-    def start(**env: Any) -> LiveServer:
+    def start(script: str = "app.py", **env: Any) -> LiveServer:
         settings = {
             "INSTANCE_PATH": str(tmp_path / "instance"),
             "DATABASE_URL": database_url,
@@ -112,7 +112,7 @@ def start_server(tmp_path: Path, database_url: str) -> Iterator[Callable[..., Li
             "RATE_LIMIT_SERVICE_WRITES": "100000 per minute",
             **{k: str(v) for k, v in env.items()},
         }
-        server = LiveServer(env=settings, log_path=tmp_path / f"server{len(servers)}.log")
+        server = LiveServer(env=settings, log_path=tmp_path / f"server{len(servers)}.log", script=script)
         servers.append(server)
         return server.start()
 

@@ -85,6 +85,23 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, message: str =
 # -- the server ------------------------------------------------------------------
 
 
+def on_fallback(part: str) -> bool:
+    """Whether this test run forces part of the self-check (fences.py) onto its fallback (SELF_CHECK_FAIL)."""
+    forced = {name.strip() for name in os.environ.get("SELF_CHECK_FAIL", "").split(",")}
+    return part in forced or "all" in forced
+
+
+def takeover_off() -> str | None:
+    """Why this run's servers do not take live streams over from eventlet (fanout.py), or None when they do."""
+    if os.environ.get("TEST_ASYNC_MODE", "eventlet") != "eventlet":
+        return "writing straight to sockets is eventlet's path"
+    if os.environ.get("DIRECT_WRITES", "1").strip().lower() not in ("1", "true", "yes", "on"):
+        return "DIRECT_WRITES=0: every stream is on the queued path"
+    if on_fallback("takeover"):
+        return "SELF_CHECK_FAIL forces the take-over onto its fallback, the queued path"
+    return None
+
+
 DEFAULT: Any = object()  # "the server's admin token" where a token may be given
 SECRET = "test-secret-key-that-is-long-enough-for-hs256-and-for-hs512-too-0123456789"
 ALL_SCOPES = ("tasks:write", "tasks:read", "updates:read", "admin")
@@ -111,6 +128,7 @@ class LiveServer:
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     token: str = field(default_factory=make_token)
+    script: str = "app.py"  # what runs the server (tests/break_internals.py runs app.py with parts broken)
 
     @property
     def url(self) -> str:
@@ -119,7 +137,7 @@ class LiveServer:
     def start(self, timeout: float = 30.0) -> LiveServer:
         env = {**os.environ, **self.env, "PORT": str(self.port), "HOST": "127.0.0.1", "PYTHONUNBUFFERED": "1"}
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
-        self.process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=log)
+        self.process = subprocess.Popen([sys.executable, self.script], cwd=ROOT, env=env, stdout=log, stderr=log)
         log.close()
 
         def ready() -> bool:

@@ -16,7 +16,7 @@ import websocket
 
 import edge
 from config import ProxyTrust, as_allowed_hosts, as_trusted_proxies
-from support import ROOT, wait_for
+from support import ROOT, on_fallback, wait_for
 
 FORGED = "attacker.example:5000"
 DEEP_ARRAY = "[" * 3000 + "]" * 3000
@@ -228,6 +228,8 @@ def test_json_nested_too_deeply_is_a_400_on_every_write(start_server):
     assert "Traceback" not in server.log()
 
 
+@pytest.mark.skipif(on_fallback("malformed-packet-close"),
+                    reason="SELF_CHECK_FAIL leaves such packets to python-socketio, which drops them")
 def test_socketio_packets_nested_too_deeply_end_the_connection(start_server):
     server = start_server(AUTH_DISABLED=1)
     deep_subscribe = '421["subscribe",' + DEEP_ARRAY + "]"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import socket
 import struct
 import time
@@ -21,10 +20,9 @@ import websocket
 
 from broker import http_chunk
 from fanout import LiveWebSocket, websocket_frame
-from support import wait_for
+from support import takeover_off, wait_for
 
-pytestmark = pytest.mark.skipif(os.environ.get("TEST_ASYNC_MODE", "eventlet") != "eventlet",
-                                reason="writing straight to sockets is eventlet's path")
+pytestmark = pytest.mark.skipif(takeover_off() is not None, reason=f"the take-over's own tests: {takeover_off()}")
 
 BIG = 10_000  # the largest description the API takes
 # Beyond what the kernel buffers for one connection (tcp_wmem max 4 MB plus the reader's window).

@@ -302,7 +302,7 @@ httpserver.serve(app, "127.0.0.1", port, mode, max_connections=10, limits=httpse
 
 
 def test_an_error_escaping_the_app_is_answered_without_its_traceback(tmp_path):
-    """gevent answers with the JSON shape; eventlet writes this 500 itself, with an empty body (see INTERNALS)."""
+    """gevent answers with the JSON shape; eventlet writes this 500 itself, with an empty body (httpserver.py)."""
     port = free_port()
     with open(tmp_path / "server.log", "wb") as log:
         process = subprocess.Popen([sys.executable, "-c", FAILING_APP_SERVER, ASYNC_MODE, str(port)], cwd=ROOT,
