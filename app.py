@@ -33,6 +33,7 @@ from flask_cors import CORS
 
 import auth
 import db
+import diagnostics
 import errors
 import heap
 import metrics
@@ -91,6 +92,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     tasks_api.init_app(app)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(pages.bp)
+    diagnostics.init_app(app)
     observer.init_app(app, stream_counts=lambda: hub.counts, outbox_counts=lambda: metrics.outbox_counts(store))
     app.cli.add_command(notifications.worker_command)
     app.cli.add_command(migrate.db_cli)

@@ -82,6 +82,7 @@ SETTINGS: dict[str, tuple[Any, Callable[[str], Any]]] = {
     "RATE_LIMIT_STORAGE_URI": ("memory://", as_str),
     "MAX_STREAMS_PER_USER": (20, as_int),
     "LOG_LEVEL": ("INFO", as_str),
+    "MEMORY_DIAGNOSTICS": (False, as_bool),
 }
 
 
