@@ -22,6 +22,7 @@ declines (`send()` returns False).
 from __future__ import annotations
 
 import _socket
+import functools
 import heapq
 import io
 import itertools
@@ -31,6 +32,7 @@ import socket
 import struct
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -251,6 +253,7 @@ class LiveConnection:
         if self._drainer is not None:
             self._drainer.kill()
         hubs.get_hub().remove(self._listener)
+        self._listener = None  # its callback is a method of this object: a reference cycle
         if self.closed_reason not in (FELL_BEHIND, GONE) and not self._pending and self.farewell:
             try:
                 self._raw.send(self.farewell)
@@ -272,7 +275,7 @@ class SSEWriter(LiveConnection):
     farewell = END_CHUNK
 
     def __init__(self, green_socket: Any, accepts: Callable[[Event], bool] | None, max_pending: int,
-                 on_end: Callable[[], None]) -> None:
+                 on_end: Callable[[SSEWriter], None]) -> None:
         super().__init__(green_socket.fd, max_pending)
         self._green = green_socket
         self._accepts = accepts
@@ -325,7 +328,7 @@ class SSEWriter(LiveConnection):
 
     def ended(self) -> None:
         self._streams.discard(self)  # type: ignore[union-attr]
-        self._on_end()
+        self._on_end(self)
 
 
 class LiveStreams:
@@ -450,6 +453,37 @@ class LiveWebSocket(LiveConnection):
         eio = self.eio_socket.server
         reason = eio.reason.TRANSPORT_ERROR if self.closed_reason == FELL_BEHIND else eio.reason.TRANSPORT_CLOSE
         self.eio_socket.close(wait=False, abort=True, reason=reason)
+        # As Engine.IO does when a websocket of its own ends, rather than leave it to its sweep
+        # of every socket (once per ping timeout).
+        eio.sockets.pop(self.eio_socket.sid, None)
+        # What would keep this connection after its end, or make it a reference cycle that only a
+        # garbage collection frees: Engine.IO's socket holds it as its queue (and that sweep goes
+        # over a copy of the table, which may hold the socket a ping timeout longer), and wsproto's
+        # FrameProtocol holds a generator over itself.
+        self.eio_socket.queue = _ENDED
+        self._frames._parse_more.close()
+
+
+class _EndedQueue:
+    """The queue of an Engine.IO socket whose connection has ended: it takes nothing and holds nothing."""
+
+    def put(self, pkt: Any) -> None:
+        pass
+
+    def empty(self) -> bool:
+        return True
+
+    def qsize(self) -> int:
+        return 0
+
+    def task_done(self) -> None:
+        pass
+
+    def join(self) -> None:
+        pass
+
+
+_ENDED = _EndedQueue()
 
 
 class LiveWebSockets:
@@ -468,7 +502,7 @@ class LiveWebSockets:
         self.max_pending = max_pending
         self.max_message = int(self.eio.max_http_buffer_size)
         self._by_sid: dict[str, LiveWebSocket] = {}
-        self._pings: list[tuple[float, int, Any]] = []  # a heap of (when due, tie-break, Engine.IO socket)
+        self._pings: list[tuple[float, int, weakref.ref[Any]]] = []  # a heap of (due, tie-break, Engine.IO socket)
         self._order = itertools.count()
         self._stopping = threading.Event()
         self._pinging = False
@@ -512,34 +546,45 @@ class LiveWebSockets:
 
     def _noted(self, eio_socket: Any) -> None:
         """A new Engine.IO socket: its pings come from the one green thread."""
-
-        def schedule_ping() -> None:  # as Engine.IO's: after the previous ping's pong
-            if eio_socket.last_ping:
-                eio_socket.last_ping = None
-                # A little early at random, so that clients that came together (after a
-                # restart, say) are not all pinged, and do not all answer, at once.
-                due = time.time() + self.eio.ping_interval * random.uniform(0.75, 1.0)
-                heapq.heappush(self._pings, (due, next(self._order), eio_socket))
-
-        eio_socket.schedule_ping = schedule_ping
+        # A weak reference, here and in the heap of pings: a socket that closes is freed at
+        # once (no cycle through its own attribute, no wait for its ping to come due).
+        eio_socket.schedule_ping = functools.partial(self._schedule_ping, weakref.ref(eio_socket))
         if not self._pinging:
             self._pinging = True
             self.eio.start_background_task(self._ping)
+
+    def _schedule_ping(self, ref: weakref.ref[Any]) -> None:
+        """An Engine.IO socket's schedule_ping: as Engine.IO's, after the previous ping's pong."""
+        eio_socket = ref()
+        if eio_socket is not None and eio_socket.last_ping:
+            eio_socket.last_ping = None
+            # A little early at random, so that clients that came together (after a
+            # restart, say) are not all pinged, and do not all answer, at once.
+            due = time.time() + self.eio.ping_interval * random.uniform(0.75, 1.0)
+            heapq.heappush(self._pings, (due, next(self._order), ref))
 
     def _ping(self) -> None:
         # Every tick sends the pings now due, a few at a time: sent a second's worth at
         # once, they (and the pongs that come straight back) stalled the server for
         # several ms, which showed in the tail of every client's latency.
-        pings = self._pings
         while not self._stopping.wait(PING_TICK_SECONDS):
-            now, ping = time.time(), eio_packet.Packet(eio_packet.PING)
-            due = []
-            while pings and pings[0][0] <= now:
-                due.append(heapq.heappop(pings)[2])
-            for eio_socket in _yielding(due, batch=32):
-                if not eio_socket.closing and not eio_socket.closed:
-                    eio_socket.last_ping = now
-                    eio_socket.send(ping)
+            self._send_due_pings(time.time())
+
+    def _send_due_pings(self, now: float) -> None:
+        pings, ping, due = self._pings, eio_packet.Packet(eio_packet.PING), []
+        while pings and pings[0][0] <= now:
+            eio_socket = heapq.heappop(pings)[2]()
+            if eio_socket is not None:
+                due.append(eio_socket)
+        for eio_socket in _yielding(due, batch=32):
+            if not eio_socket.closing and not eio_socket.closed:
+                eio_socket.last_ping = now
+                eio_socket.send(ping)
+        if len(pings) > 2 * len(self.eio.sockets) + 64:
+            # Mostly the sockets that closed before their ping came due: dropped now rather
+            # than a ping interval later, so that the heap keeps to the size of the open ones.
+            pings[:] = [entry for entry in pings if entry[2]() is not None]
+            heapq.heapify(pings)
 
     def _serve(self, eio_socket: Any, ws: Any, handler: Any) -> Any:
         """Set the websocket transport up as Engine.IO does, then take the connection over."""
