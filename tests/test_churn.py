@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import socket
 import time
 import types
@@ -63,6 +64,10 @@ PING_TIMEOUT = 1.0
 
 
 def start_churn_server(start_server: Callable[..., LiveServer], **env: Any) -> LiveServer:
+    if os.environ.get("TEST_ASYNC_MODE", "eventlet") != "eventlet":
+        # Under gevent an SSE client that left is noticed only at the stream's next heartbeat, and a
+        # Socket.IO websocket is gevent-websocket's, not taken over (fanout.py): not measured here yet.
+        pytest.skip("connection churn is measured on eventlet's path, python app.py's default")
     return start_server(MEMORY_DIAGNOSTICS="1", PYTHONTRACEMALLOC="1", MAX_STREAMS_PER_USER="1000",
                         LOG_LEVEL="WARNING", SOCKETIO_PING_TIMEOUT=str(PING_TIMEOUT), **env)
 
