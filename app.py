@@ -30,9 +30,11 @@ from typing import Any
 from flask import Flask, Request, Response
 from flask.sessions import SessionInterface, SessionMixin
 from flask_cors import CORS
+from werkzeug.routing import MapAdapter
 
 import auth
 import db
+import diagnostics
 import edge
 import errors
 import fences
@@ -62,13 +64,26 @@ class NoSessions(SessionInterface):
         return None
 
 
+class App(Flask):
+    """Flask, matching no URL rule for Socket.IO events."""
+
+    def create_url_adapter(self, request: Request | None) -> MapAdapter | None:
+        # Flask-SocketIO runs each event in a request context made from its connection's
+        # environ, whose path (/socket.io/) no rule matches: Flask keeps the NotFound on the
+        # request, and its traceback holds the event's whole stack (the connection's objects
+        # with it) in a reference cycle, freed only by a garbage collection (see heap.py).
+        if request is not None and request.path.startswith("/socket.io/"):
+            return None
+        return super().create_url_adapter(request)
+
+
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app: defaults, then the environment, then config. Nothing runs until start(app)."""
     settings = load_config()
     settings.setdefault("ASYNC_MODE", "threading")
     settings.update(config or {})
     # No static folder: the live page is served by pages.py, with its security policy.
-    app = Flask(__name__, instance_path=settings.get("INSTANCE_PATH") or None, static_folder=None)
+    app = App(__name__, instance_path=settings.get("INSTANCE_PATH") or None, static_folder=None)
     app.config.from_mapping(settings)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.session_interface = NoSessions()
@@ -97,6 +112,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     preferences_api.init_app(app)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(pages.bp)
+    diagnostics.init_app(app)
     observer.init_app(app, stream_counts=lambda: hub.counts, outbox_counts=lambda: metrics.outbox_counts(store))
     observer.registry.register(fence.gauge())
     app.cli.add_command(notifications.worker_command)

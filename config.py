@@ -302,6 +302,7 @@ SETTINGS: dict[str, tuple[Any, Callable[[str], Any]]] = {
     "DEFAULT_TIMEZONE": ("UTC", as_timezone),
     "DEFAULT_QUIET_HOURS": (None, as_quiet_hours),
     "NOTIFY_CLOCK_FILE": (None, as_str),
+    "MEMORY_DIAGNOSTICS": (False, as_bool),
 }
 
 

@@ -26,6 +26,7 @@ checks them at start, and `DIRECT_WRITES=0` is the path they fall back to.
 from __future__ import annotations
 
 import _socket
+import functools
 import heapq
 import io
 import itertools
@@ -35,6 +36,7 @@ import socket
 import struct
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -265,6 +267,7 @@ class LiveConnection:
         if self._drainer is not None:
             self._drainer.kill()
         hubs.get_hub().remove(self._listener)
+        self._listener = None  # its callback is a method of this object: a reference cycle
         graceful = self.closed_reason not in (FELL_BEHIND, GONE) and not self._pending
         if graceful and self.farewell:
             try:
@@ -294,7 +297,7 @@ class SSEWriter(LiveConnection):
     farewell = END_CHUNK
 
     def __init__(self, green_socket: Any, accepts: Callable[[Event], bool] | None, max_pending: int,
-                 on_end: Callable[[], None]) -> None:
+                 on_end: Callable[[SSEWriter], None]) -> None:
         super().__init__(green_socket.fd, max_pending)
         self._green = green_socket
         self._accepts = accepts
@@ -347,7 +350,7 @@ class SSEWriter(LiveConnection):
 
     def ended(self) -> None:
         self._streams.discard(self)  # type: ignore[union-attr]
-        self._on_end()
+        self._on_end(self)
 
 
 class LiveStreams:
@@ -448,6 +451,7 @@ class LiveWebSocket(LiveConnection):
                 elif frame.opcode is not Opcode.PONG and self.closed_reason is None:
                     self._add(frame)
         except ParseFailed as exc:
+            frames._parse_more.close()  # a generator over the parser itself: a cycle otherwise
             self._frames = None
             self.fail(exc.code, f"websocket protocol error: {exc}")
             return
@@ -524,6 +528,38 @@ class LiveWebSocket(LiveConnection):
         eio = self.eio_socket.server
         reason = eio.reason.TRANSPORT_ERROR if self.closed_reason == FELL_BEHIND else eio.reason.TRANSPORT_CLOSE
         self.eio_socket.close(wait=False, abort=True, reason=reason)
+        # As Engine.IO does when a websocket of its own ends, rather than leave it to its sweep
+        # of every socket (once per ping timeout).
+        eio.sockets.pop(self.eio_socket.sid, None)
+        # What would keep this connection after its end, or make it a reference cycle that only a
+        # garbage collection frees: Engine.IO's socket holds it as its queue (and that sweep goes
+        # over a copy of the table, which may hold the socket a ping timeout longer), and wsproto's
+        # FrameProtocol holds a generator over itself.
+        self.eio_socket.queue = _ENDED
+        if self._frames is not None:  # None after a protocol error, which closed it already
+            self._frames._parse_more.close()
+
+
+class _EndedQueue:
+    """The queue of an Engine.IO socket whose connection has ended: it takes nothing and holds nothing."""
+
+    def put(self, pkt: Any) -> None:
+        pass
+
+    def empty(self) -> bool:
+        return True
+
+    def qsize(self) -> int:
+        return 0
+
+    def task_done(self) -> None:
+        pass
+
+    def join(self) -> None:
+        pass
+
+
+_ENDED = _EndedQueue()
 
 
 class LiveWebSockets:
@@ -543,8 +579,9 @@ class LiveWebSockets:
         self.max_message = int(self.eio.max_http_buffer_size)
         self._by_sid: dict[str, LiveWebSocket] = {}
         # A heap of (when due, tie-break, Engine.IO socket, None) for the next ping, and of
-        # (when due, tie-break, Engine.IO socket, when pinged) for the deadline of its pong.
-        self._pings: list[tuple[float, int, Any, float | None]] = []
+        # (when due, tie-break, Engine.IO socket, when pinged) for the deadline of its pong. The
+        # sockets are weak references: one that closes is freed at once, not when its entry is due.
+        self._pings: list[tuple[float, int, weakref.ref[Any], float | None]] = []
         self._order = itertools.count()
         self._stopping = threading.Event()
         self._pinging = False
@@ -606,19 +643,21 @@ class LiveWebSockets:
 
     def _noted(self, eio_socket: Any) -> None:
         """A new Engine.IO socket: its pings, and the end of those it leaves unanswered, come from one green thread."""
-
-        def schedule_ping() -> None:  # as Engine.IO's: after the previous ping's pong
-            if eio_socket.last_ping:
-                eio_socket.last_ping = None
-                # A little early at random, so that clients that came together (after a
-                # restart, say) are not all pinged, and do not all answer, at once.
-                due = time.time() + self.eio.ping_interval * random.uniform(0.75, 1.0)
-                heapq.heappush(self._pings, (due, next(self._order), eio_socket, None))
-
-        eio_socket.schedule_ping = schedule_ping
+        # A weak reference, here and in the heap of pings: no cycle through the socket's own attribute.
+        eio_socket.schedule_ping = functools.partial(self._schedule_ping, weakref.ref(eio_socket))
         if not self._pinging:
             self._pinging = True
             self.eio.start_background_task(self._ping)
+
+    def _schedule_ping(self, ref: weakref.ref[Any]) -> None:
+        """An Engine.IO socket's schedule_ping: as Engine.IO's, after the previous ping's pong."""
+        eio_socket = ref()
+        if eio_socket is not None and eio_socket.last_ping:
+            eio_socket.last_ping = None
+            # A little early at random, so that clients that came together (after a
+            # restart, say) are not all pinged, and do not all answer, at once.
+            due = time.time() + self.eio.ping_interval * random.uniform(0.75, 1.0)
+            heapq.heappush(self._pings, (due, next(self._order), ref, None))
 
     def _ping(self) -> None:
         # Every tick sends the pings now due, a few at a time: sent a second's worth at
@@ -627,24 +666,34 @@ class LiveWebSockets:
         # Each ping puts its deadline in the same heap: a client that has not answered
         # by then is dropped at that tick (Engine.IO's own check comes once per
         # ping timeout, up to a whole ping timeout late).
-        pings = self._pings
         while not self._stopping.wait(PING_TICK_SECONDS):
-            now, ping = time.time(), eio_packet.Packet(eio_packet.PING)
-            due, unanswered = [], []
-            while pings and pings[0][0] <= now:
-                _, _, eio_socket, pinged_at = heapq.heappop(pings)
-                if pinged_at is None:
-                    due.append(eio_socket)
-                elif eio_socket.last_ping == pinged_at:  # a pong sets it to None, the next ping to its time
-                    unanswered.append(eio_socket)
-            for eio_socket in unanswered:
-                self._ping_timed_out(eio_socket)
-            for eio_socket in _yielding(due, batch=32):
-                if not eio_socket.closing and not eio_socket.closed:
-                    eio_socket.last_ping = now
-                    eio_socket.send(ping)
-                    deadline = now + self.eio.ping_timeout
-                    heapq.heappush(pings, (deadline, next(self._order), eio_socket, now))
+            self._send_due_pings(time.time())
+
+    def _send_due_pings(self, now: float) -> None:
+        pings, ping = self._pings, eio_packet.Packet(eio_packet.PING)
+        due, unanswered = [], []
+        while pings and pings[0][0] <= now:
+            _, _, ref, pinged_at = heapq.heappop(pings)
+            eio_socket = ref()
+            if eio_socket is None:
+                continue  # closed and freed meanwhile
+            if pinged_at is None:
+                due.append(eio_socket)
+            elif eio_socket.last_ping == pinged_at:  # a pong sets it to None, the next ping to its time
+                unanswered.append(eio_socket)
+        for eio_socket in unanswered:
+            self._ping_timed_out(eio_socket)
+        for eio_socket in _yielding(due, batch=32):
+            if not eio_socket.closing and not eio_socket.closed:
+                eio_socket.last_ping = now
+                eio_socket.send(ping)
+                deadline = now + self.eio.ping_timeout
+                heapq.heappush(pings, (deadline, next(self._order), weakref.ref(eio_socket), now))
+        if len(pings) > 4 * len(self.eio.sockets) + 64:
+            # Mostly sockets that closed before their entry came due: dropped now rather than
+            # up to a ping interval later, so that the heap keeps to the size of the open ones.
+            pings[:] = [entry for entry in pings if entry[2]() is not None]
+            heapq.heapify(pings)
 
     def _ping_timed_out(self, eio_socket: Any) -> None:
         """End a connection whose client did not answer its ping within the ping timeout (as Engine.IO does)."""

@@ -210,11 +210,20 @@ def eventlet_protocol(limits: Limits, guards: bool = True, lean_buffers: bool = 
     import eventlet
     from eventlet import wsgi
 
-    base = wsgi.HttpProtocol
+    base: type = wsgi.HttpProtocol
     if lean_buffers:
         class LeanHttpProtocol(wsgi.HttpProtocol):
             rbufsize = 1024
             wbufsize = 1024
+
+            def finish(self) -> None:
+                try:
+                    super().finish()
+                finally:
+                    # The last request's environ holds a closure over this handler (eventlet.set_idle):
+                    # without it, a finished connection's objects are freed at once, not by a later
+                    # garbage collection (see heap.py).
+                    self.environ = None
 
         base = LeanHttpProtocol
     if not guards:

@@ -8,6 +8,7 @@ two and no duplicate.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import json
 import logging
@@ -90,7 +91,9 @@ def sse_events(hub: StreamHub, *, after_id: int | None, viewer: Viewer, task_ids
     accepts = None if task_ids is None else (lambda event: event.task_id in task_ids)
     writer = None
     if green_socket is not None:
-        writer = SSEWriter(green_socket, accepts, hub.queue_size, on_end=lambda: hub.sse_ended(writer, slot))
+        # on_end is given the writer, not a closure over it: a closed stream's objects hold no
+        # reference cycle, and reference counting frees them at once (see heap.py).
+        writer = SSEWriter(green_socket, accepts, hub.queue_size, on_end=functools.partial(hub.sse_ended, slot=slot))
         hub.broker.attach(writer, user_email=viewer.only_email)
     else:
         subscription = hub.broker.subscribe(accepts, user_email=viewer.only_email)
@@ -397,6 +400,11 @@ class StreamHub:
     def disconnect(self, sid: str) -> None:
         with self._lock:
             client = self._clients.pop(sid, None)
+            if len(self._expiries) > 2 * len(self._clients) + 64:
+                # Mostly clients that left before their token expired: dropped now rather than
+                # when it expires (hours, maybe), so that the heap keeps to the size of the open ones.
+                self._expiries = [entry for entry in self._expiries if entry[1] in self._clients]
+                heapq.heapify(self._expiries)
         if client is not None:
             self.release(client.viewer)
 
