@@ -7,8 +7,11 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+ROOT = Path(__file__).resolve().parent.parent  # the repository: app.py, templates/, static/, migrations/
 
 
 def as_bool(value: str) -> bool:
@@ -140,7 +143,7 @@ def split_host(value: str) -> tuple[str, int | None]:
 
 def as_part_names(value: str) -> tuple[str, ...]:
     """Names of the self-check's parts (fences.PARTS), comma-separated, or all."""
-    from fences import as_part_names as parse
+    from tasknotify.fences import as_part_names as parse
 
     return parse(value)
 
@@ -181,7 +184,7 @@ def as_trusted_proxies(value: str) -> ProxyTrust:
 
 def as_event_types(value: str) -> list[str]:
     """A comma-separated list of task event types (empty: none)."""
-    from schemas import EVENT_TYPES
+    from tasknotify.api.schemas import EVENT_TYPES
 
     types = as_list(value)
     unknown = [t for t in types if t not in EVENT_TYPES]
@@ -191,13 +194,13 @@ def as_event_types(value: str) -> list[str]:
 
 
 def as_digest_seconds(value: str) -> int:
-    from schemas import check_digest_seconds
+    from tasknotify.api.schemas import check_digest_seconds
 
     return check_digest_seconds(as_int(value))
 
 
 def as_timezone(value: str) -> str:
-    from schemas import check_timezone
+    from tasknotify.api.schemas import check_timezone
 
     return check_timezone(value.strip())
 
@@ -224,7 +227,7 @@ def as_public_url(value: str) -> str:
 
 def as_templates_dir(value: str) -> str:
     """A folder of email templates that override the package's; each one must render (checked at start)."""
-    from email_templates import EmailTemplates, TemplateProblem
+    from tasknotify.delivery.templates import EmailTemplates, TemplateProblem
 
     try:
         EmailTemplates(value).check()

@@ -15,7 +15,7 @@ from flask.typing import ResponseReturnValue
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("errors")
 
 _CODES = {
     400: "bad_request",

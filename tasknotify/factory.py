@@ -1,28 +1,15 @@
-"""The task notification service: `create_app()` builds it; `python app.py` serves it.
+"""The service's assembly: `create_app()` builds it, `start()` and `shutdown()` run it, `main()` serves it.
 
-Run as a script, this module is the entry point of the server (eventlet, or
-gevent with ASYNC_MODE=gevent), and monkey patching must come before anything
-else is imported. Imported (by `flask --app app`, by tests), it patches
-nothing and the app runs in Flask-SocketIO's threading mode.
+app.py at the top of the repository is the entry point: run as a script, it
+monkey patches (eventlet, or gevent with ASYNC_MODE=gevent) before anything
+else is imported, then calls main(). Imported (by `flask --app app`, by
+tests), nothing is patched and the app runs in Flask-SocketIO's threading mode.
 """
-
-if __name__ == "__main__":
-    import os
-
-    if os.environ.get("ASYNC_MODE", "eventlet") == "eventlet":
-        import eventlet
-
-        eventlet.monkey_patch()
-    elif os.environ.get("ASYNC_MODE") == "gevent":
-        from gevent import monkey
-
-        monkey.patch_all()
 
 import logging
 import os
 import resource
 import signal
-import sys
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -32,24 +19,17 @@ from flask.sessions import SessionInterface, SessionMixin
 from flask_cors import CORS
 from werkzeug.routing import MapAdapter
 
-import auth
-import db
-import diagnostics
-import edge
-import errors
-import fences
-import heap
-import httpserver
-import metrics
-import migrate
-import notifications
-import openapi
-import pages
-import preferences_api
-import streams
-import tasks_api
-from broker import Broker, InMemoryBroker, RelayedBroker
-from config import load_config
+from tasknotify import errors, fences, heap
+from tasknotify.api import auth, diagnostics, edge, metrics, openapi, pages
+from tasknotify.api import preferences as preferences_api
+from tasknotify.api import tasks as tasks_api
+from tasknotify.config import ROOT, load_config
+from tasknotify.delivery import worker as notifications
+from tasknotify.live import streams
+from tasknotify.live.broker import Broker, InMemoryBroker, RelayedBroker
+from tasknotify.live.takeover import httpserver
+from tasknotify.store import migrate
+from tasknotify.store import store as db
 
 logger = logging.getLogger("app")
 
@@ -83,7 +63,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     settings.setdefault("ASYNC_MODE", "threading")
     settings.update(config or {})
     # No static folder: the live page is served by pages.py, with its security policy.
-    app = App(__name__, instance_path=settings.get("INSTANCE_PATH") or None, static_folder=None)
+    # Named for its entry point, app.py: Flask's logger is "app", its default instance folder instance/ beside it
+    # and its templates in templates/ at the top of the repository.
+    app = App("app", root_path=str(ROOT), instance_path=settings.get("INSTANCE_PATH") or None, static_folder=None)
     app.config.from_mapping(settings)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.session_interface = NoSessions()
@@ -125,7 +107,7 @@ def make_broker(config: Mapping[str, Any], store: db.Store) -> Broker:
     """In-process by default (one process only); with REDIS_URL, shared by every process through Redis."""
     if not config.get("REDIS_URL"):
         return InMemoryBroker(config["STREAM_QUEUE_SIZE"])
-    from redis_broker import RedisBroker  # only a scaled-out deployment needs redis installed
+    from tasknotify.live.redis_broker import RedisBroker  # only a scaled-out deployment needs redis installed
 
     remote = RedisBroker(config["REDIS_URL"], channel=config["REDIS_CHANNEL"], queue_size=config["STREAM_QUEUE_SIZE"])
     return RelayedBroker(remote, store, config["STREAM_QUEUE_SIZE"])
@@ -206,7 +188,3 @@ def main() -> None:
                          limits=limits, guards=fence.check("http-guards", mode),
                          lean_buffers=mode == "eventlet" and fence.check("lean-buffers"))
     _stop_and_exit()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

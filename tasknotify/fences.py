@@ -38,7 +38,7 @@ from typing import Any
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("fences")
 
 # (what the part relies on, a predicate that holds when it is there and has the expected shape)
 Requirement = tuple[str, Callable[[], object]]

@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("heap")
 
 FREEZE_SECONDS = 10.0
 FULL_SECONDS = 3600.0

@@ -27,12 +27,12 @@ import click
 import jwt
 from flask import Flask, current_app, g, request
 
-import jwks
-from config import check_identity_provider
-from errors import APIError
-from schemas import canonical_email
+from tasknotify.api import jwks
+from tasknotify.api.schemas import canonical_email
+from tasknotify.config import check_identity_provider
+from tasknotify.errors import APIError
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("auth")
 
 SCOPES = ("tasks:write", "tasks:read", "updates:read", "admin")
 ALGORITHM = "HS256"

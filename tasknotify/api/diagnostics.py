@@ -34,7 +34,7 @@ from typing import Any
 
 from flask import Blueprint, Flask
 
-from auth import requires
+from tasknotify.api.auth import requires
 
 bp = Blueprint("diagnostics", __name__)
 

@@ -28,9 +28,9 @@ from urllib.parse import urlsplit
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from config import ProxyTrust, as_allowed_hosts, as_trusted_proxies, split_host
+from tasknotify.config import ProxyTrust, as_allowed_hosts, as_trusted_proxies, split_host
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("edge")
 
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 PROBES = frozenset({"/healthz", "/readyz", "/metrics"})

@@ -32,9 +32,9 @@ import jwt
 import requests
 from jwt.algorithms import has_crypto
 
-from schemas import canonical_email
+from tasknotify.api.schemas import canonical_email
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("jwks")
 
 DEFAULT_MAX_AGE = 600.0  # seconds, when the JWKS answer names no usable max-age
 REFRESH_AT = 0.8  # refresh once this share of the max-age has passed

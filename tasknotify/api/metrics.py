@@ -23,12 +23,12 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
-from db import Notification, Store
+from tasknotify.store.store import Notification, Store
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("metrics")
 
 UNMATCHED = "unmatched"  # the route label of a request that matched no URL rule (404, 405)
-# held: folded into a digest; suppressed: stopped by the user's preferences (preferences.py)
+# held: folded into a digest; suppressed: stopped by the user's preferences (delivery/preferences.py)
 OUTCOMES = ("sent", "retry", "dead", "held", "suppressed")
 OUTBOX_STATUSES = ("pending", "retrying", "sent", "dead", "held", "digested", "suppressed")
 # A client may send any method name; only these become label values, the rest are "other".

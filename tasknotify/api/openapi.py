@@ -2,8 +2,8 @@
 
 Request bodies and query parameters come from schemas.py, the models the views
 validate with, so the document cannot drift from what the server accepts.
-The response models below describe what the views return (db.py's to_dict(),
-tasks_api.py, streams.py); tests/test_fuzz.py checks every answer of the live
+The response models below describe what the views return (the store's to_dict(),
+tasks.py, live/streams.py); tests/test_fuzz.py checks every answer of the live
 server against them. build_spec() documents the URL rules the app really has:
 tests/test_openapi.py fails when a rule has no operation here.
 """
@@ -19,8 +19,8 @@ from flask.typing import ResponseReturnValue
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, TypeAdapter
 from pydantic.json_schema import models_json_schema
 
-import tasks_api
-from schemas import (
+from tasknotify.api import tasks as tasks_api
+from tasknotify.api.schemas import (
     Description,
     EventListQuery,
     NotificationListQuery,
@@ -276,7 +276,7 @@ _IDEMPOTENCY_KEY = {
     "description": "Makes the write safe to retry: a retry with the same key and body gets the stored answer "
                    "(with `Idempotent-Replayed: true`) and creates no second event or notification; the same key "
                    "with another body is a 409. Keys are kept 24 hours, per user.",
-    "schema": {"type": "string", "pattern": tasks_api._IDEMPOTENCY_KEY.pattern},
+    "schema": {"type": "string", "pattern": tasks_api.IDEMPOTENCY_KEY_PATTERN.pattern},
 }
 _REPLAYED = {"Idempotent-Replayed": {"schema": {"type": "string", "enum": ["true"]},
                                      "description": "Present when this is the stored answer to an earlier "

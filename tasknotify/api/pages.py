@@ -13,13 +13,14 @@ import base64
 import hashlib
 import re
 from functools import cache
-from pathlib import Path
 
 from flask import Blueprint, Response
 
+from tasknotify.config import ROOT
+
 bp = Blueprint("pages", __name__)
 
-PAGE = Path(__file__).resolve().parent / "static" / "index.html"
+PAGE = ROOT / "static" / "index.html"
 
 
 def _hashes(html: str, tag: str) -> str:

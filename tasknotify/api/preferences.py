@@ -15,14 +15,14 @@ from typing import Any
 from flask import Blueprint, Flask, current_app, jsonify, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
-import preferences
-from auth import current_viewer, requires
-from errors import APIError
-from pages import html_response
-from preferences import InvalidToken, UnsubscribeLinks
-from ratelimit import write_limited
-from schemas import Preferences, PreferencesQuery, canonical_email
-from tasks_api import json_body, query
+from tasknotify.api.auth import current_viewer, requires
+from tasknotify.api.pages import html_response
+from tasknotify.api.ratelimit import write_limited
+from tasknotify.api.schemas import Preferences, PreferencesQuery, canonical_email
+from tasknotify.api.tasks import json_body, query
+from tasknotify.delivery import preferences
+from tasknotify.delivery.preferences import InvalidToken, UnsubscribeLinks
+from tasknotify.errors import APIError
 
 bp = Blueprint("preferences", __name__)
 

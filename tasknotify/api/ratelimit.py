@@ -28,9 +28,9 @@ from limits.errors import StorageError
 from limits.storage import MemoryStorage, Storage, storage_from_string
 from limits.strategies import SlidingWindowCounterRateLimiter
 
-from errors import APIError
+from tasknotify.errors import APIError
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("ratelimit")
 
 
 SWEEP_SECONDS = 1.0

@@ -22,7 +22,7 @@ from pydantic import (
 )
 from pydantic.networks import validate_email
 
-from db import MAX_ID
+from tasknotify.store.store import MAX_ID
 
 # 1-64 letters, digits, '.', '_' or '-', except '.' and '..': a URL path cannot carry those
 # two as a segment (clients remove them, RFC 3986 5.2.4), so such a task could not be fetched.

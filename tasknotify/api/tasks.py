@@ -13,14 +13,10 @@ from flask.typing import ResponseReturnValue
 from pydantic import BaseModel
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-import fences
-import notifications
-from auth import current_viewer, rate_limit_caller, requires
-from broker import BrokerUnavailable, Event
-from db import MAX_ID, Idempotency, Store, TaskNotFound, decode_cursor, encode_cursor
-from errors import APIError
-from ratelimit import WriteLimit, write_limited
-from schemas import (
+from tasknotify import fences
+from tasknotify.api.auth import current_viewer, rate_limit_caller, requires
+from tasknotify.api.ratelimit import WriteLimit, write_limited
+from tasknotify.api.schemas import (
     TASK_ID_RULE,
     EventListQuery,
     NotificationListQuery,
@@ -30,10 +26,15 @@ from schemas import (
     TaskUpdate,
     is_task_id,
 )
+from tasknotify.delivery import worker as notifications
+from tasknotify.errors import APIError
+from tasknotify.events import Event
+from tasknotify.live.broker import BrokerUnavailable
+from tasknotify.store.store import MAX_ID, Idempotency, Store, TaskNotFound, decode_cursor, encode_cursor
 
 bp = Blueprint("api", __name__)
 
-_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
 UPDATE_ACCEPTED = "task updated, notification will be sent asynchronously"
 
 
@@ -109,7 +110,7 @@ def _idempotency() -> Idempotency | None:
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
-    if not _IDEMPOTENCY_KEY.match(key):
+    if not IDEMPOTENCY_KEY_PATTERN.match(key):
         raise APIError(422, "Idempotency-Key must be 1-255 visible ASCII characters",
                        details=[{"field": "Idempotency-Key", "message": "invalid key"}])
     digest = hashlib.sha256(f"{request.method} {request.path}\n".encode() + request.get_data(cache=True))

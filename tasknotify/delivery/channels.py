@@ -19,12 +19,12 @@ from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from typing import TYPE_CHECKING, Any, Protocol
 
-from email_templates import EmailTemplates, Rendered
+from tasknotify.delivery.templates import EmailTemplates, Rendered
 
 if TYPE_CHECKING:
-    from preferences import UnsubscribeLinks
+    from tasknotify.delivery.preferences import UnsubscribeLinks
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("channels")
 
 
 @dataclass(frozen=True)

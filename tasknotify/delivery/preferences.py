@@ -25,10 +25,10 @@ from zoneinfo import ZoneInfo
 from itsdangerous import BadSignature, URLSafeSerializer
 from sqlalchemy import select
 
-from db import PreferencesRow, Store, utcnow
-from schemas import Preferences
+from tasknotify.api.schemas import Preferences
+from tasknotify.store.store import PreferencesRow, Store, utcnow
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("preferences")
 
 # The channels a user's preferences govern: email, and the log channel that stands in for it without SMTP_HOST.
 # Webhooks belong to the deployment, not to a user: preferences never stop them.

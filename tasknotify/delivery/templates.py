@@ -26,7 +26,9 @@ from jinja2 import (
     select_autoescape,
 )
 
-PACKAGE_TEMPLATES = Path(__file__).resolve().parent / "templates" / "email"
+from tasknotify.config import ROOT
+
+PACKAGE_TEMPLATES = ROOT / "templates" / "email"
 KINDS = ("event", "digest")
 PARTS = ("subject.txt", "txt", "html")  # event.subject.txt, event.txt, event.html; the same for digest
 VERBS = {"task.created": "created", "task.updated": "updated", "task.deleted": "deleted"}

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from channels import Delivery, DeliveryError
+from tasknotify.delivery.channels import Delivery, DeliveryError
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
 DEFAULT_TOLERANCE_SECONDS = 300

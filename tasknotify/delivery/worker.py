@@ -36,17 +36,17 @@ from flask.cli import with_appcontext
 from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-import preferences
-from broker import SubscriptionClosed
-from channels import Channel, Delivery, DeliveryError, EmailChannel, LogChannel
-from config import load_config
-from db import DriverSQL, Notification, Store, utcnow
-from email_templates import EmailTemplates
-from preferences import USER_CHANNELS, Decision, UnsubscribeLinks
-from schemas import Preferences
-from webhooks import WebhookChannel
+from tasknotify.api.schemas import Preferences
+from tasknotify.config import load_config
+from tasknotify.delivery import preferences
+from tasknotify.delivery.channels import Channel, Delivery, DeliveryError, EmailChannel, LogChannel
+from tasknotify.delivery.preferences import USER_CHANNELS, Decision, UnsubscribeLinks
+from tasknotify.delivery.templates import EmailTemplates
+from tasknotify.delivery.webhooks import WebhookChannel
+from tasknotify.live.broker import SubscriptionClosed
+from tasknotify.store.store import DriverSQL, Notification, Store, utcnow
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("notifications")
 
 CLAIM_BATCH = 10
 # After a wake-up, let more commits land so that one claim takes them together: at 200

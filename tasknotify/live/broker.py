@@ -11,36 +11,11 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
-from functools import cached_property
 from typing import Protocol
 
-logger = logging.getLogger(__name__)
+from tasknotify.events import Event
 
-
-@dataclass(frozen=True)
-class Event:
-    """A committed event: its id, whom it concerns, and its payload JSON, encoded once."""
-
-    id: int
-    task_id: str
-    user_email: str
-    data: str
-
-    @cached_property
-    def sse_frame(self) -> bytes:
-        """The event as Server-Sent Events lines, encoded once for every stream that sends it."""
-        return f"id: {self.id}\ndata: {self.data}\n\n".encode()
-
-    @cached_property
-    def sse_chunk(self) -> bytes:
-        """sse_frame as one chunk of a chunked HTTP/1.1 response, for streams written straight to their socket."""
-        return http_chunk(self.sse_frame)
-
-
-def http_chunk(data: bytes) -> bytes:
-    """data as one chunk of an HTTP/1.1 chunked response (eventlet streams responses that way)."""
-    return b"%x\r\n%b\r\n" % (len(data), data)
+logger = logging.getLogger("broker")
 
 
 class SubscriptionClosed(Exception):

@@ -36,9 +36,10 @@ from redis.client import PubSub
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from broker import BrokerUnavailable, Event, Subscription
+from tasknotify.events import Event
+from tasknotify.live.broker import BrokerUnavailable, Subscription
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("redis_broker")
 
 RECONNECTED = "broker reconnected"
 _POLL_SECONDS = 0.5  # how long one read waits for a message, so the listener notices close() soon

@@ -24,16 +24,24 @@ from flask import Blueprint, Flask, Response, current_app, request
 from flask_socketio import ConnectionRefusedError as SocketIORefused
 from flask_socketio import SocketIO
 
-import fences
-from auth import TokenError, Viewer, authenticate, viewer_for_token
-from broker import Broker, Event, SubscriptionClosed
-from db import Store
-from errors import APIError
-from fanout import LiveStreams, LiveWebSockets, SSEWriter, close_on_malformed_packets, note_chunked, stream_socket
-from rooms import client_manager
-from schemas import EVENT_ID_RULE, TASK_ID_RULE, event_id, is_task_id
+from tasknotify import fences
+from tasknotify.api.auth import TokenError, Viewer, authenticate, viewer_for_token
+from tasknotify.api.schemas import EVENT_ID_RULE, TASK_ID_RULE, event_id, is_task_id
+from tasknotify.errors import APIError
+from tasknotify.events import Event
+from tasknotify.live.broker import Broker, SubscriptionClosed
+from tasknotify.live.takeover.fanout import (
+    LiveStreams,
+    LiveWebSockets,
+    SSEWriter,
+    close_on_malformed_packets,
+    note_chunked,
+    stream_socket,
+)
+from tasknotify.live.takeover.rooms import client_manager
+from tasknotify.store.store import Store
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("streams")
 
 REPLAY_BATCH = 1000
 # The event names the Socket.IO protocol keeps for itself: a client never sends them as events.
@@ -340,8 +348,7 @@ class StreamHub:
             # ignore_queue: every process relays the ordered event stream to its own clients.
             self.socketio.emit("task_update", json.loads(event.data), to=rooms, ignore_queue=True)
             return []
-        # The Socket.IO EVENT packet, encoded once for every client.
-        return self._websockets.emit(rooms, f'2["task_update",{event.data}]')
+        return self._websockets.emit(rooms, event.socketio_packet)
 
     def _disconnect_expired(self) -> None:
         """Close the Socket.IO connections whose token has expired."""

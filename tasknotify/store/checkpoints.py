@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Engine, event
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("checkpoints")
 
 CHECKPOINT_SECONDS = 1.0
 RESTART_FRAMES = 1000  # SQLite's own autocheckpoint threshold

@@ -9,7 +9,6 @@ A new migration is written with the alembic command line (see alembic.ini):
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import click
 from alembic import command
@@ -20,11 +19,12 @@ from flask import current_app
 from flask.cli import AppGroup
 from sqlalchemy import create_engine, pool
 
-from db import normalize_url
+from tasknotify.config import ROOT
+from tasknotify.store.store import normalize_url
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("migrate")
 
-MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+MIGRATIONS = ROOT / "migrations"
 
 
 def alembic_config(url: str) -> Config:

@@ -48,10 +48,10 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from broker import Event
-from checkpoints import Checkpointer
-from config import SQLITE_SYNCHRONOUS_LEVELS
-from group_commit import GroupCommit
+from tasknotify.config import SQLITE_SYNCHRONOUS_LEVELS
+from tasknotify.events import Event, sse_frames
+from tasknotify.store.checkpoints import Checkpointer
+from tasknotify.store.group_commit import GroupCommit
 
 
 def utcnow() -> datetime:
@@ -123,7 +123,7 @@ class Notification(Base):
 
     __tablename__ = "notifications"
     __table_args__ = (Index("ix_notifications_due", "status", "next_attempt_at"),
-                      # a user's rows, and the open digest of a user (preferences.py)
+                      # a user's rows, and the open digest of a user (delivery/preferences.py)
                       Index("ix_notifications_user_kind_status", "user_email", "kind", "status"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -171,7 +171,7 @@ DUE_STATUSES = ("pending", "retrying", "held")
 
 
 class PreferencesRow(Base):
-    """A user's notification preferences (preferences.py); a user without a row has the defaults."""
+    """A user's notification preferences (delivery/preferences.py); a user without a row has the defaults."""
 
     __tablename__ = "preferences"
 
@@ -471,8 +471,7 @@ class Store:
                 cursor.close()
         if not rows:
             return 0, after_id, b""
-        frames = "".join([f"id: {event_id}\ndata: {payload}\n\n" for event_id, payload in rows])
-        return len(rows), rows[-1][0], frames.encode()
+        return len(rows), rows[-1][0], sse_frames(rows)
 
     def _read_events(self, columns: tuple[Any, ...], after_id: int, task_ids: frozenset[str] | None,
                      user_email: str | None, until_id: int | None, limit: int) -> list[Any]:

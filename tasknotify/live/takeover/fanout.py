@@ -45,9 +45,9 @@ from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
 from wsproto.frame_protocol import CloseReason, FrameProtocol, Opcode, ParseFailed
 
-from broker import Event, http_chunk
+from tasknotify.events import Event, http_chunk
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("fanout")
 
 FELL_BEHIND = "reader fell behind"
 GONE = "client went away"

@@ -33,7 +33,7 @@ from email.message import Message
 from http import HTTPStatus
 from typing import Any
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("httpserver")
 
 # The limits of eventlet's own parser (gevent's are looser), applied under both servers.
 MAX_REQUEST_LINE = 8192  # bytes, with its line end

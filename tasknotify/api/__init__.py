@@ -1,0 +1,1 @@
+"""The HTTP API: the views, their schemas, authentication, the rate limit, OpenAPI, the pages, /metrics."""
