@@ -29,9 +29,9 @@ def scenario(run: Run, results: dict[str, Any]) -> None:
 
 def bench_message(i: int, templates: Any = None, links: Any = None) -> Message:
     """The service's own task email (channels.build_email) for the i-th write of the backlog."""
-    from channels import Delivery, build_email
-    from email_templates import EmailTemplates
-    from preferences import UnsubscribeLinks
+    from tasknotify.delivery.channels import Delivery, build_email
+    from tasknotify.delivery.preferences import UnsubscribeLinks
+    from tasknotify.delivery.templates import EmailTemplates
 
     event = {"id": i, "type": "task.updated", "task_id": f"w-{i % 1000}", "occurred_at": "2026-11-29T03:00:00.000Z",
              "task": {"title": f"write {i}", "status": "open", "description": "",
@@ -109,8 +109,8 @@ def backlog(run: Run, count: int) -> dict[str, Any]:
         log(f"  worker delivered {delivered} in {ended - started:.1f}s")
         # the limit: bare smtplib over one connection
         sink.reset()
-        from email_templates import EmailTemplates
-        from preferences import UnsubscribeLinks
+        from tasknotify.delivery.preferences import UnsubscribeLinks
+        from tasknotify.delivery.templates import EmailTemplates
 
         templates, links = EmailTemplates(), UnsubscribeLinks("bench", "http://127.0.0.1:5000")
         messages = [bench_message(i, templates, links) for i in range(built["ok"])]

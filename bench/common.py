@@ -21,7 +21,7 @@ import numpy as np
 import requests
 
 from bench.sink import free_port
-from config import SETTINGS  # the service's settings table (config.py imports nothing of the app)
+from tasknotify.config import SETTINGS  # the service's settings table (config.py imports nothing of the app)
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"

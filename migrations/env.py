@@ -15,7 +15,7 @@ from alembic import context
 from sqlalchemy import create_engine, pool
 from sqlalchemy.engine import Connection
 
-import db
+from tasknotify.store import store as db
 
 MIGRATION_LOCK = 0x6D696772  # "migr": the advisory lock key of a migration run (PostgreSQL)
 

@@ -14,10 +14,10 @@ from flask.testing import FlaskClient
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import migrate  # noqa: E402
 from app import create_app, shutdown  # noqa: E402
 from db import Store  # noqa: E402
 from support import SECRET, LiveServer, RedisServer, SMTPServer, postgres_database  # noqa: E402
+from tasknotify.store import migrate  # noqa: E402
 
 # TEST_DATABASE=postgresql runs every test on its own PostgreSQL database (bin/test does, after SQLite).
 TEST_DATABASE = os.environ.get("TEST_DATABASE", "sqlite")

@@ -6,7 +6,8 @@ import threading
 
 import pytest
 
-from broker import Event, InMemoryBroker, SubscriptionClosed
+from tasknotify.events import Event
+from tasknotify.live.broker import InMemoryBroker, SubscriptionClosed
 
 
 def event(n: int, user: str = "a@example.com", task: str = "t") -> Event:
@@ -71,8 +72,8 @@ def test_the_sse_frame_is_encoded_once():
 
 def test_every_broker_has_what_the_protocol_declares():
     """/readyz calls ping() on whatever broker the app has: the Protocol says so, and every broker has it."""
-    from broker import Broker, RelayedBroker
-    from redis_broker import RedisBroker
+    from tasknotify.live.broker import Broker, RelayedBroker
+    from tasknotify.live.redis_broker import RedisBroker
 
     declared = {name for name in vars(Broker) if not name.startswith("_")}
     assert "ping" in declared

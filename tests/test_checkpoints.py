@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine
 
-import checkpoints
 from db import Outbox, Store
+from tasknotify.store import checkpoints
 
 LOG_ONLY = Outbox(targets=(("log", "log"),))
 
 
 @pytest.fixture
 def sqlite_store(tmp_path: Path) -> Store:
-    import migrate
+    from tasknotify.store import migrate
 
     url = f"sqlite:///{tmp_path / 'tasks.db'}"
     migrate.upgrade(url)
@@ -116,7 +116,7 @@ def test_in_os_thread_leaves_the_green_threads_running(library: str) -> None:
         "from gevent import monkey; monkey.patch_all()"
     code = f"""{patch}
 import ctypes, threading, time
-import checkpoints
+from tasknotify.store import checkpoints
 ticks = []
 def ticker():
     for _ in range(5):

@@ -39,8 +39,8 @@ import socketio
 import websocket
 from engineio import socket as engineio_socket
 
-from fanout import LiveStreams, LiveWebSocket, LiveWebSockets, SSEWriter
 from support import LiveServer, make_token, wait_for
+from tasknotify.live.takeover.fanout import LiveStreams, LiveWebSocket, LiveWebSockets, SSEWriter
 
 # The unit tests run eventlet's hub in this process, and importing eventlet says it is deprecated.
 pytestmark = pytest.mark.filterwarnings(r"ignore:\s*Eventlet is deprecated")

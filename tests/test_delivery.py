@@ -10,13 +10,13 @@ from collections.abc import Iterator
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
+
+from support import RecordingSMTPHandler, SMTPServer, free_port, wait_for
+from tasknotify.delivery.channels import Delivery, DeliveryError, EmailChannel
+from tasknotify.delivery.preferences import UnsubscribeLinks
+from tasknotify.delivery.templates import EmailTemplates
 from test_webhook import SECRET as WEBHOOK_SECRET
 from test_webhook import Receiver
-
-from channels import Delivery, DeliveryError, EmailChannel
-from email_templates import EmailTemplates
-from preferences import UnsubscribeLinks
-from support import RecordingSMTPHandler, SMTPServer, free_port, wait_for
 
 ORIGINAL = {"task_id": "123", "user_email": "test@example.com"}
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from config import SETTINGS
 from support import ROOT
+from tasknotify.config import SETTINGS
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"\]\(([^)\s]+)\)")

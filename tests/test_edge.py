@@ -14,9 +14,9 @@ import requests
 import socketio
 import websocket
 
-import edge
-from config import ProxyTrust, as_allowed_hosts, as_trusted_proxies
 from support import ROOT, on_fallback, wait_for
+from tasknotify.api import edge
+from tasknotify.config import ProxyTrust, as_allowed_hosts, as_trusted_proxies
 
 FORGED = "attacker.example:5000"
 DEEP_ARRAY = "[" * 3000 + "]" * 3000
@@ -310,7 +310,7 @@ def test_chunked_json_bodies_are_read_up_to_the_size_limit(start_server):
 
 def test_the_host_of_public_url_is_always_served():
     """Mail providers post one-click unsubscribes to PUBLIC_URL: an explicit ALLOWED_HOSTS must not refuse them."""
-    from edge import _allowed_hosts
+    from tasknotify.api.edge import _allowed_hosts
 
     config = {"AUTH_DISABLED": False, "ALLOWED_HOSTS": ["tasks.example"], "PUBLIC_URL": "https://Mail.Example:8443/t"}
     assert _allowed_hosts(config) == ["tasks.example", "mail.example:8443"]

@@ -18,9 +18,9 @@ import pytest
 import socketio
 import websocket
 
-from broker import http_chunk
-from fanout import LiveWebSocket, websocket_frame
 from support import takeover_off, wait_for
+from tasknotify.events import http_chunk
+from tasknotify.live.takeover.fanout import LiveWebSocket, websocket_frame
 
 pytestmark = pytest.mark.skipif(takeover_off() is not None, reason=f"the take-over's own tests: {takeover_off()}")
 

@@ -22,12 +22,11 @@ import pytest
 import socketio
 from limits.storage import MemoryStorage
 
-import fences
-import httpserver
-import ratelimit
-import rooms
-from errors import APIError
 from support import ROOT, free_port, wait_for
+from tasknotify import fences
+from tasknotify.api import ratelimit
+from tasknotify.errors import APIError
+from tasknotify.live.takeover import httpserver, rooms
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -173,7 +172,7 @@ def test_http_guards_under_gevent_fail_without_its_error_hook(monkeypatch) -> No
 
 
 def test_self_check_fail_forces_parts_and_refuses_unknown_names() -> None:
-    from config import load_config
+    from tasknotify.config import load_config
 
     assert load_config({"SELF_CHECK_FAIL": "rooms, takeover"})["SELF_CHECK_FAIL"] == ("rooms", "takeover")
     assert fences.Fences(["all"]).forced == set(fences.PARTS)
@@ -366,8 +365,10 @@ def test_the_http_server_on_its_fallbacks_logs_an_error_and_serves(start_server)
 # -- who may reach into the libraries ---------------------------------------------------------
 
 LIBRARIES = ("eventlet", "engineio", "socketio", "flask_socketio", "limits", "gevent", "geventwebsocket", "wsproto")
-# The modules that reach into the libraries' internals, each covered by a part of the self-check.
-FENCED = {"fanout.py", "httpserver.py", "rooms.py", "ratelimit.py", "fences.py"}
+# The modules that reach into the libraries' internals, each covered by a part of the self-check: the take-over
+# sub-package (eventlet, python-engineio, python-socketio), the rate limiter's hook of limits and the self-check itself.
+TAKEOVER = Path("tasknotify/live/takeover")
+FENCED = {Path("tasknotify/fences.py"), Path("tasknotify/api/ratelimit.py")}
 # The internals the self-check covers, by name: no other module may use one.
 INTERNALS = {
     "_async", "_MemoryStorage__schedule_expiry", "_MemoryStorage__expire_events", "_parse_more", "_read_request_line",
@@ -388,7 +389,8 @@ def _service_modules() -> list[Path]:
 
 
 def _fenced(path: Path) -> bool:
-    return path.name in FENCED or "takeover" in path.parts
+    relative = path.relative_to(ROOT)
+    return relative in FENCED or relative.is_relative_to(TAKEOVER)
 
 
 def _private(name: str) -> bool:
@@ -445,6 +447,8 @@ def f(app, server):
 
 def test_no_module_outside_the_fence_touches_a_library_internal() -> None:
     modules = _service_modules()
-    assert {path.name for path in modules} >= FENCED | {"app.py", "streams.py"}
+    scanned = {path.relative_to(ROOT) for path in modules}
+    assert scanned >= FENCED | {TAKEOVER / "fanout.py", TAKEOVER / "httpserver.py", TAKEOVER / "rooms.py",
+                                Path("app.py"), Path("tasknotify/live/streams.py")}
     found = {str(path.relative_to(ROOT)): reaches(path.read_text()) for path in modules if not _fenced(path)}
     assert {module: lines for module, lines in found.items() if lines} == {}

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from db import Outbox, Store
-from group_commit import GroupCommit
 from support import wait_for
+from tasknotify.store.group_commit import GroupCommit
 
 LOG_ONLY = Outbox(targets=(("log", "log"),))
 

@@ -8,8 +8,8 @@ import weakref
 
 import pytest
 
-import heap
 from support import wait_for
+from tasknotify import heap
 
 
 class Cycle:

@@ -7,12 +7,12 @@ from typing import Any, ClassVar
 
 import pytest
 
-import schemas
-import streams
-from auth import Viewer
-from config import load_config
 from db import MAX_ID
-from errors import APIError
+from tasknotify.api import schemas
+from tasknotify.api.auth import Viewer
+from tasknotify.config import load_config
+from tasknotify.errors import APIError
+from tasknotify.live import streams
 
 # -- event ids -----------------------------------------------------------------------------
 

@@ -7,9 +7,8 @@ import threading
 import pytest
 from flask import session
 
-import ratelimit
-import schemas
-from errors import APIError
+from tasknotify.api import ratelimit, schemas
+from tasknotify.errors import APIError
 
 ORIGINAL = {"task_id": "123", "user_email": "test@example.com"}
 

@@ -288,7 +288,7 @@ if mode == "eventlet":
 else:
     from gevent import monkey
     monkey.patch_all()
-import httpserver
+from tasknotify.live.takeover import httpserver
 
 def app(environ, start_response):
     def body():

@@ -26,9 +26,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
-import jwks
-from config import load_config
 from support import ROOT, LiveServer, free_port, wait_for
+from tasknotify.api import jwks
+from tasknotify.config import load_config
 
 AUDIENCE = "tasks-api"
 READ_WRITE = "tasks:write tasks:read updates:read"

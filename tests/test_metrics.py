@@ -11,9 +11,9 @@ from flask import Flask
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from errors import APIError
-from metrics import Metrics, outbox_counts
 from support import free_port
+from tasknotify.api.metrics import Metrics, outbox_counts
+from tasknotify.errors import APIError
 
 
 def instrument(app: Flask, **sources: Any) -> Metrics:
@@ -203,7 +203,7 @@ def test_authorize_can_refuse_the_scrape() -> None:
     def authorize() -> None:
         raise APIError(401, "a token is needed")
 
-    import errors
+    from tasknotify import errors
 
     errors.init_app(app)
     Metrics().init_app(app, stream_counts=None, outbox_counts=None, authorize=authorize)

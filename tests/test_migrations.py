@@ -18,8 +18,8 @@ from sqlalchemy import create_engine, inspect, pool, text
 from sqlalchemy.engine import Engine, make_url
 
 import db
-import migrate
 from support import ROOT, require_service
+from tasknotify.store import migrate
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 TABLES = {"tasks", "events", "notifications", "idempotency_keys", "preferences"}

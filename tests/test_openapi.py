@@ -14,9 +14,8 @@ from jsonschema import Draft202012Validator, FormatChecker
 from openapi_spec_validator import validate
 from sqlalchemy.exc import OperationalError
 
-import openapi
-import schemas
 from support import LiveServer, free_port, make_token
+from tasknotify.api import openapi, schemas
 
 SCOPED_ERRORS = {"401", "403"}
 BODY_ERRORS = {"400", "413", "415", "422"}

@@ -8,10 +8,10 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
-from channels import Delivery, DeliveryError
 from db import Notification, Outbox, Store, utcnow
 from notifications import NotificationWorker, RetryPolicy, WorkerState, retry_dead
 from support import wait_for
+from tasknotify.delivery.channels import Delivery, DeliveryError
 
 
 class RecordingChannel:
@@ -179,8 +179,8 @@ def test_lifecycle_is_explicit(store):
 
 def test_a_claim_that_only_holds_rows_does_not_make_the_workers_wait(store):
     """Rows folded into a digest are work done: the workers claim the next ones at once, not after a poll."""
-    import preferences
-    from schemas import Preferences
+    from tasknotify.api.schemas import Preferences
+    from tasknotify.delivery import preferences
 
     preferences.save(store, "a@example.com", Preferences.model_validate(
         {"email": {"enabled": True, "events": ["task.created", "task.updated", "task.deleted"],
@@ -205,7 +205,7 @@ def held(store: Store) -> int:
 
 
 def every_type(digest_seconds: int = 0, enabled: bool = True):
-    from schemas import Preferences
+    from tasknotify.api.schemas import Preferences
 
     return Preferences.model_validate({"email": {"enabled": enabled, "digest_seconds": digest_seconds,
                                                  "events": ["task.created", "task.updated", "task.deleted"]},
@@ -213,7 +213,7 @@ def every_type(digest_seconds: int = 0, enabled: bool = True):
 
 
 def test_email_turned_off_stops_a_retry_and_an_open_digest(store):
-    import preferences
+    from tasknotify.delivery import preferences
 
     channel = RecordingChannel([DeliveryError("421 busy")])
     worker = make_worker(store, channel, policy=RetryPolicy(max_attempts=5, base_seconds=30, max_seconds=30))

@@ -19,10 +19,10 @@ from zoneinfo import ZoneInfo
 import pytest
 import requests
 
-import preferences
-from preferences import Decision, UnsubscribeLinks, decide, quiet_until
-from schemas import EVENT_TYPES, Preferences
 from support import ROOT, SECRET, LiveServer, SMTPServer, make_token, wait_for
+from tasknotify.api.schemas import EVENT_TYPES, Preferences
+from tasknotify.delivery import preferences
+from tasknotify.delivery.preferences import Decision, UnsubscribeLinks, decide, quiet_until
 
 USER = "test@example.com"
 OTHER = "other@example.com"

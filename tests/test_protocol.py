@@ -348,7 +348,7 @@ def test_a_client_still_sending_when_its_websocket_is_closed_reads_the_close_fra
 
 def test_ping_settings_are_whole_seconds_and_a_fraction_stops_the_server(start_server, tmp_path) -> None:
     """python-engineio tells clients the ping interval cut to whole seconds: 1.5 would be announced as 1000 ms."""
-    from config import load_config
+    from tasknotify.config import load_config
 
     config = load_config({"SOCKETIO_PING_INTERVAL": "25.0", "SOCKETIO_PING_TIMEOUT": " 7 "})
     assert (config["SOCKETIO_PING_INTERVAL"], config["SOCKETIO_PING_TIMEOUT"]) == (25, 7)

@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 import redis
 
-from broker import BrokerUnavailable, Event, Subscription, SubscriptionClosed
-from redis_broker import RECONNECTED, RedisBroker
 from support import ROOT, RedisServer, require_service, wait_for
+from tasknotify.events import Event
+from tasknotify.live.broker import BrokerUnavailable, Subscription, SubscriptionClosed
+from tasknotify.live.redis_broker import RECONNECTED, RedisBroker
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -237,8 +238,9 @@ import eventlet
 eventlet.monkey_patch()
 import sys, time, uuid
 import redis
-from broker import SubscriptionClosed, Event
-from redis_broker import RedisBroker, RECONNECTED
+from tasknotify.events import Event
+from tasknotify.live.broker import SubscriptionClosed
+from tasknotify.live.redis_broker import RedisBroker, RECONNECTED
 
 url = sys.argv[1]
 channel = "eventlet-" + uuid.uuid4().hex

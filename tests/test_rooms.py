@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import socketio
 
-import rooms
 from support import wait_for
+from tasknotify.live.takeover import rooms
 
 
 class NoScan(dict):

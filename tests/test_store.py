@@ -165,7 +165,7 @@ def test_the_server_runs_with_full_sync_and_refuses_an_unknown_level(start_serve
 
 def test_the_driver_statements_remembered_are_bounded():
     """Statements carry IN lists whose length a client chooses: their driver forms are remembered up to a bound."""
-    from db import DriverSQL, driver_statement
+    from tasknotify.store.store import DriverSQL, driver_statement
 
     driver_statement.cache_clear()
     for length in range(1, 2000):

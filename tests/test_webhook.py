@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from channels import Delivery, DeliveryError
 from support import LiveServer, free_port, wait_for
-from webhooks import WebhookChannel, encode_body, sign, verify_signature
+from tasknotify.delivery.channels import Delivery, DeliveryError
+from tasknotify.delivery.webhooks import WebhookChannel, encode_body, sign, verify_signature
 
 SECRET = "whsec-test-3f1c9a"
 
