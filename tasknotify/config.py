@@ -33,6 +33,13 @@ def as_positive_int(value: str) -> int:
     return number
 
 
+def as_non_negative_int(value: str) -> int:
+    number = as_int(value)
+    if number < 0:
+        raise ValueError("expected a whole number, 0 or more")
+    return number
+
+
 def as_float(value: str) -> float:
     try:
         return float(value.strip())
@@ -280,6 +287,7 @@ SETTINGS: dict[str, tuple[Any, Callable[[str], Any]]] = {
     "NOTIFY_STOP_GRACE_SECONDS": (10.0, as_float),
     "SSE_HEARTBEAT_SECONDS": (15.0, as_float),
     "SSE_RETRY_MS": (2000, as_int),
+    "SSE_RETRY_SPREAD_MS": (3000, as_non_negative_int),
     "SOCKETIO_PING_INTERVAL": (25, as_whole_seconds),
     "SOCKETIO_PING_TIMEOUT": (20, as_whole_seconds),
     "STREAM_QUEUE_SIZE": (1000, as_int),
@@ -287,6 +295,7 @@ SETTINGS: dict[str, tuple[Any, Callable[[str], Any]]] = {
     # For tests only: the self-check (fences.py) fails these parts, which then run on their fallbacks.
     "SELF_CHECK_FAIL": ((), as_part_names),
     "MAX_CONNECTIONS": (10000, as_int),
+    "LISTEN_BACKLOG": (0, as_non_negative_int),  # 0: the system's maximum (httpserver.listen_backlog)
     "HEADER_TIMEOUT_SECONDS": (10.0, as_seconds),
     "KEEPALIVE_IDLE_SECONDS": (75.0, as_seconds),
     "MAX_CONTENT_LENGTH": (64 * 1024, as_int),

@@ -186,5 +186,6 @@ def main() -> None:
         fence = fences.of(app)
         httpserver.serve(app, settings["HOST"], settings["PORT"], mode, max_connections=settings["MAX_CONNECTIONS"],
                          limits=limits, guards=fence.check("http-guards", mode),
-                         lean_buffers=mode == "eventlet" and fence.check("lean-buffers"))
+                         lean_buffers=mode == "eventlet" and fence.check("lean-buffers"),
+                         backlog=settings["LISTEN_BACKLOG"])
     _stop_and_exit()

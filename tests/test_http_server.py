@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -142,6 +143,50 @@ def test_a_flood_of_slow_heads_does_not_keep_others_out(start_server):
         elapsed = time.monotonic() - started
     assert answer.status_code == 200
     assert elapsed < timeout + 10, f"/healthz took {elapsed:.1f}s"
+
+
+def _connect_all(port: int, count: int, timeout: float) -> tuple[list[socket.socket], int]:
+    """Open count connections, each given timeout to be accepted by the kernel: the open ones, how many timed out."""
+    opened, timed_out = [], 0
+    for _ in range(count):
+        try:
+            opened.append(socket.create_connection(("127.0.0.1", port), timeout=timeout))
+        except TimeoutError:
+            timed_out += 1
+            break
+    return opened, timed_out
+
+
+def test_a_burst_of_connections_waits_in_the_listening_queue_not_in_tcp_retransmissions(start_server):
+    """Clients that connect while the server cannot accept them (every browser back after a restart) are queued by
+    the kernel up to the listening backlog, by default the system's maximum; past it, their SYNs are dropped."""
+    server = start_server(NOTIFY_WORKERS="1")
+    short = start_server(NOTIFY_WORKERS="1", LISTEN_BACKLOG="50")
+    burst = 300
+    for each in (server, short):
+        each.process.send_signal(signal.SIGSTOP)  # it accepts nothing: every connection waits in the queue
+    try:
+        queued, timed_out = _connect_all(server.port, burst, timeout=5)
+        assert (len(queued), timed_out) == (burst, 0)
+        overflowed, short_timed_out = _connect_all(short.port, burst, timeout=2)
+        assert short_timed_out == 1 and len(overflowed) < burst, "a backlog of 50 should have overflowed"
+    finally:
+        for each in (server, short):
+            each.process.send_signal(signal.SIGCONT)
+    for sock in queued:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    for sock in queued:
+        assert parse(read_all(sock, 30)).status == 200
+        sock.close()
+    for sock in overflowed:
+        sock.close()
+
+
+def test_the_listening_backlog_is_a_setting(start_server):
+    server = start_server(NOTIFY_WORKERS="1", LISTEN_BACKLOG="123")
+    listening = subprocess.run(["ss", "-Hltn", f"sport = :{server.port}"], capture_output=True, text=True, check=True)
+    # ss shows a listening socket's backlog as its Send-Q: State Recv-Q Send-Q Local-Address Peer-Address
+    assert listening.stdout.split()[2] == "123", listening.stdout
 
 
 def test_a_head_that_does_not_arrive_in_time_gets_408_and_is_closed(start_server):

@@ -188,9 +188,38 @@ def test_stream_start_names_where_the_stream_starts_as_an_event_on_request(live_
                     return received.split(b"\n\n", 1)[0].decode()
         raise AssertionError("the stream ended before its opening block")
 
-    assert opening("stream_start=1").splitlines() == [
-        "retry: 2000", f"id: {before}", "event: stream_start", f'data: {{"last_event_id": {before}}}', ": connected"]
-    assert opening("stream_start=1&last_event_id=0").splitlines() == [
-        "retry: 2000", "event: stream_start", 'data: {"last_event_id": 0}', ": connected"]
+    def without_retry(block: str) -> list[str]:
+        retry, *rest = block.splitlines()
+        assert retry.startswith("retry: ") and 2000 <= int(retry.removeprefix("retry: ")) <= 2000 + 3000, retry
+        return rest
+
+    assert without_retry(opening("stream_start=1")) == [
+        f"id: {before}", "event: stream_start", f'data: {{"last_event_id": {before}}}', ": connected"]
+    assert without_retry(opening("stream_start=1&last_event_id=0")) == [
+        "event: stream_start", 'data: {"last_event_id": 0}', ": connected"]
     assert "stream_start" not in opening("last_event_id=0")  # only when asked: onmessage clients see no change
 
+
+
+def test_each_stream_gets_its_own_retry_delay_so_reconnecting_clients_spread_out(start_server):
+    """After a restart each EventSource waits its stream's retry: SSE_RETRY_MS plus up to SSE_RETRY_SPREAD_MS."""
+    server = start_server(SSE_RETRY_MS="1000", SSE_RETRY_SPREAD_MS="5000")
+    delays = []
+    for _ in range(12):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(f"GET /task_updates?access_token={server.token} HTTP/1.0\r\nHost: localhost\r\n\r\n"
+                         .encode())
+            received = b""
+            while b": connected" not in received:
+                chunk = sock.recv(4096)
+                assert chunk, received
+                received += chunk
+        line = next(line for line in received.decode().splitlines() if line.startswith("retry: "))
+        delays.append(int(line.removeprefix("retry: ")))
+    assert all(1000 <= delay <= 6000 for delay in delays), delays
+    assert len(set(delays)) > 1, f"every stream got the same delay: {delays}"
+
+    steady = start_server(SSE_RETRY_MS="1500", SSE_RETRY_SPREAD_MS="0")
+    with steady.get("/task_updates", stream=True) as response:
+        first = next(response.iter_lines())
+    assert first == b"retry: 1500"

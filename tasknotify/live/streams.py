@@ -12,10 +12,11 @@ import functools
 import heapq
 import json
 import logging
+import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,6 +80,15 @@ def replay(store: Store, after_id: int, viewer: Viewer, task_ids: frozenset[str]
         if len(batch) < REPLAY_BATCH:
             return
         after_id = batch[-1].id
+
+
+def retry_delay(config: Mapping[str, Any]) -> int:
+    """The `retry:` delay of one SSE stream, in ms: SSE_RETRY_MS plus a random part of SSE_RETRY_SPREAD_MS.
+
+    When a server restarts, every EventSource reconnects after its own stream's delay, so the
+    clients come back spread over the spread rather than all in the same second.
+    """
+    return config["SSE_RETRY_MS"] + random.randint(0, config["SSE_RETRY_SPREAD_MS"])
 
 
 def sse_events(hub: StreamHub, *, after_id: int | None, viewer: Viewer, task_ids: frozenset[str] | None,
@@ -196,7 +206,7 @@ def task_updates() -> Response:
     config = current_app.config
     slot = StreamSlot(streams, viewer)
     body = sse_events(streams, after_id=after_id, viewer=viewer, task_ids=task_ids,
-                      heartbeat=config["SSE_HEARTBEAT_SECONDS"], retry_ms=config["SSE_RETRY_MS"], slot=slot,
+                      heartbeat=config["SSE_HEARTBEAT_SECONDS"], retry_ms=retry_delay(config), slot=slot,
                       green_socket=stream_socket(request.environ) if streams.direct_writes else None,
                       announce_start=request.args.get("stream_start") == "1")
     # No stream_with_context: the stream needs nothing of the request, so an idle

@@ -374,33 +374,53 @@ def gevent_handler(limits: Limits, guards: bool = True) -> type:
     return GuardedHandler
 
 
+def listen_backlog(wanted: int = 0) -> int:
+    """The listening socket's queue of connections not yet accepted: wanted, or with 0 the system's maximum.
+
+    A burst of clients (every browser reconnecting after a restart) overflows a short queue; the
+    kernel then drops their SYNs and each waits out TCP's retransmission timer (1, 3, 7 s ...).
+    The kernel caps the queue at net.core.somaxconn whatever is asked.
+    """
+    if wanted:
+        return wanted
+    try:
+        with open("/proc/sys/net/core/somaxconn") as limit:
+            return int(limit.read())
+    except (OSError, ValueError):  # not Linux
+        import socket
+
+        return socket.SOMAXCONN
+
+
 def serve(app: Any, host: str, port: int, mode: str, *, max_connections: int, limits: Limits, guards: bool = True,
-          lean_buffers: bool = True) -> None:
+          lean_buffers: bool = True, backlog: int = 0) -> None:
     """Serve the WSGI app on host:port with eventlet's or gevent's server, guarded, until the process stops.
 
-    guards and lean_buffers off: the fallbacks of the self-check (fences.py).
+    guards and lean_buffers off: the fallbacks of the self-check (fences.py). backlog: see listen_backlog.
     """
     if mode == "eventlet":
-        _serve_eventlet(app, host, port, max_connections, eventlet_protocol(limits, guards, lean_buffers))
+        _serve_eventlet(app, host, port, max_connections, eventlet_protocol(limits, guards, lean_buffers),
+                        listen_backlog(backlog))
     elif mode == "gevent":
-        _serve_gevent(app, host, port, gevent_handler(limits, guards))
+        _serve_gevent(app, host, port, gevent_handler(limits, guards), listen_backlog(backlog))
     else:
         raise ValueError(f"no guarded server for {mode!r}")
 
 
-def _serve_eventlet(app: Any, host: str, port: int, max_connections: int, protocol: type) -> None:
-    # As Flask-SocketIO's run() does, with the guarded protocol and no traceback in a 500's body (debug=False).
+def _serve_eventlet(app: Any, host: str, port: int, max_connections: int, protocol: type, backlog: int) -> None:
+    # As Flask-SocketIO's run() does, with the guarded protocol, no traceback in a 500's body (debug=False)
+    # and a listening queue of backlog rather than eventlet's 50.
     import eventlet
     from eventlet import wsgi
     from eventlet.green import socket
 
     family, _type, _proto, _name, address = socket.getaddrinfo(host, port)[0]
-    listener = eventlet.listen(address, family)
+    listener = eventlet.listen(address, family, backlog=backlog)
     wsgi.server(listener, app, max_size=max_connections, protocol=protocol, log_output=False, debug=False)
 
 
-def _serve_gevent(app: Any, host: str, port: int, handler: type) -> None:
-    # As Flask-SocketIO's run() does, with the guarded handler.
+def _serve_gevent(app: Any, host: str, port: int, handler: type, backlog: int) -> None:
+    # As Flask-SocketIO's run() does, with the guarded handler and a listening queue of backlog.
     from gevent import pywsgi
 
-    pywsgi.WSGIServer((host, port), app, handler_class=handler, log=None).serve_forever()
+    pywsgi.WSGIServer((host, port), app, handler_class=handler, log=None, backlog=backlog).serve_forever()
