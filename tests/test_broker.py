@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from tasknotify.events import Event
-from tasknotify.live.broker import InMemoryBroker, SubscriptionClosed
+from tasknotify.live.broker import EndReason, InMemoryBroker, SubscriptionClosed
 
 
 def event(n: int, user: str = "a@example.com", task: str = "t") -> Event:
@@ -30,6 +30,28 @@ def test_each_subscription_gets_what_it_may_see():
     broker.publish(event(4))
     with pytest.raises(SubscriptionClosed):
         alice.get(0)
+
+
+def test_a_subscription_closed_with_a_reason_tells_its_reader_why_once():
+    broker = InMemoryBroker()
+    subscription = broker.subscribe()
+    waiting = []
+    reader = threading.Thread(target=lambda: waiting.append(_reason(subscription, timeout=10)))
+    reader.start()
+    subscription.close(EndReason.SERVER_CLOSED)
+    subscription.close(EndReason.FELL_BEHIND)  # the first reason stays
+    reader.join(10)
+    assert waiting == [EndReason.SERVER_CLOSED] and _reason(subscription) is EndReason.SERVER_CLOSED
+    assert str(EndReason.SERVER_CLOSED) == "closed by the server"  # as the logs say it
+    assert broker.subscriber_count == 0
+
+
+def _reason(subscription, timeout: float = 0) -> EndReason | None:
+    try:
+        subscription.get(timeout)
+    except SubscriptionClosed as closed:
+        return closed.reason
+    return None
 
 
 def test_a_reader_that_falls_behind_is_closed_and_never_blocks_the_publisher():

@@ -11,6 +11,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
+from enum import StrEnum
 from typing import Protocol
 
 from tasknotify.events import Event
@@ -18,10 +19,24 @@ from tasknotify.events import Event
 logger = logging.getLogger("broker")
 
 
+class EndReason(StrEnum):
+    """Why a subscription or a live connection ended (the logs say it; SubscriptionClosed carries it)."""
+
+    CLOSED = "closed"  # by its owner
+    FELL_BEHIND = "reader fell behind"  # its queue, or its socket's backlog, overflowed: it resumes by event id
+    GONE = "client went away"
+    CLIENT_CLOSED = "client closed"  # with a websocket close frame
+    PROTOCOL_ERROR = "protocol error"
+    TOKEN_EXPIRED = "token expired"
+    SERVER_CLOSED = "closed by the server"
+    BROKER_RECONNECTED = "broker reconnected"  # events may have passed while the broker was away
+    FILTER_FAILED = "subscription filter failed"
+
+
 class SubscriptionClosed(Exception):
     """The subscription ended: closed by its owner, by the broker, or because its reader fell behind."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: EndReason) -> None:
         super().__init__(reason)
         self.reason = reason
 
@@ -32,11 +47,11 @@ _CLOSED = object()
 class Subscription:
     """A bounded queue of events for one reader."""
 
-    def __init__(self, broker: InMemoryBroker, maxsize: int, accepts: Callable[[Event], bool] | None) -> None:
+    def __init__(self, broker: Detaches, maxsize: int, accepts: Callable[[Event], bool] | None) -> None:
         self._broker = broker
         self._queue: queue.Queue[object] = queue.Queue(maxsize)
         self._accepts = accepts
-        self._closed_reason: str | None = None
+        self._closed_reason: EndReason | None = None
 
     def offer(self, event: Event) -> None:
         """Queue an event without waiting; a full queue closes the subscription."""
@@ -45,7 +60,7 @@ class Subscription:
         try:
             self._queue.put_nowait(event)
         except queue.Full:
-            self._close("reader fell behind")
+            self.close(EndReason.FELL_BEHIND)
 
     def get(self, timeout: float | None = None) -> Event | None:
         """The next event, or None when timeout passes first; SubscriptionClosed once closed."""
@@ -56,13 +71,11 @@ class Subscription:
         except queue.Empty:
             return None
         if item is _CLOSED or self._closed_reason is not None:
-            raise SubscriptionClosed(self._closed_reason or "closed")
+            raise SubscriptionClosed(self._closed_reason or EndReason.CLOSED)
         return item  # type: ignore[return-value]
 
-    def close(self) -> None:
-        self._close("closed")
-
-    def _close(self, reason: str) -> None:
+    def close(self, reason: EndReason = EndReason.CLOSED) -> None:
+        """End the subscription, once: its broker lets it go and a reader waiting in get() is woken."""
         if self._closed_reason is not None:
             return
         self._closed_reason = reason
@@ -71,6 +84,12 @@ class Subscription:
             self._queue.put_nowait(_CLOSED)  # wakes a reader waiting in get()
         except queue.Full:
             pass  # a full queue means the reader is not waiting
+
+
+class Detaches(Protocol):
+    """The broker a Subscription belongs to, as far as the subscription needs it."""
+
+    def detach(self, reader: Subscription) -> None: ...
 
 
 class Reader(Protocol):

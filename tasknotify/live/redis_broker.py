@@ -37,11 +37,11 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from tasknotify.events import Event
-from tasknotify.live.broker import BrokerUnavailable, Subscription
+from tasknotify.live.broker import BrokerUnavailable, EndReason, Subscription
 
 logger = logging.getLogger("redis_broker")
 
-RECONNECTED = "broker reconnected"
+RECONNECTED = EndReason.BROKER_RECONNECTED
 _POLL_SECONDS = 0.5  # how long one read waits for a message, so the listener notices close() soon
 _PING = "redis-broker"
 
@@ -115,7 +115,7 @@ class RedisBroker:
 
     def subscribe(self, accepts: Callable[[Event], bool] | None = None) -> Subscription:
         """A new local subscription; waits (at most the timeout) until the listener is subscribed to Redis."""
-        subscription = Subscription(self, self._queue_size, accepts)  # type: ignore[arg-type]
+        subscription = Subscription(self, self._queue_size, accepts)
         with self._lock:
             closed = self._closed
             if not closed:
@@ -246,7 +246,7 @@ class RedisBroker:
         else:
             logger.info("listening to Redis channel %r (%s)", self.channel, self._where)
         for subscription in stale:
-            subscription._close(RECONNECTED)
+            subscription.close(RECONNECTED)
 
     def _went_down(self, exc: BaseException) -> None:
         with self._lock:
@@ -270,7 +270,7 @@ class RedisBroker:
                 subscription.offer(event)
             except Exception:  # noqa: BLE001 - one reader's broken filter must not stop the others
                 logger.exception("a subscription's filter failed on event %s; closing it", event.id)
-                subscription._close("subscription filter failed")
+                subscription.close(EndReason.FILTER_FAILED)
 
     def _remember_unsent(self, event: Event) -> None:
         with self._lock:

@@ -18,6 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from enum import Enum, auto
 from typing import Any
 
 from engineio import json as engineio_json
@@ -135,7 +136,7 @@ def sse_events(hub: StreamHub, *, after_id: int | None, viewer: Viewer, task_ids
                     break
         if writer is not None:
             if writer.closed_reason is None:
-                slot.live = True
+                slot.go_live()
                 writer.go_live(last_id, hub.live_sse, viewer.expires_at)
             return
         while True:
@@ -160,7 +161,7 @@ def sse_events(hub: StreamHub, *, after_id: int | None, viewer: Viewer, task_ids
         if writer is None:
             subscription.close()
             hub.count_sse(-1)
-        elif not slot.live:
+        elif slot.state is not SlotState.LIVE:
             writer.close()
             hub.sse_ended(writer, slot)
 
@@ -169,22 +170,31 @@ def _start(announce: bool, last_id: int) -> str:
     return f'event: stream_start\ndata: {{"last_event_id": {last_id}}}\n' if announce else ""
 
 
+class SlotState(Enum):
+    STREAMING = auto()  # the response streams the events: its end gives the place back
+    LIVE = auto()  # the response has ended but its stream goes on (fanout.SSEWriter): the writer's end gives it back
+    RELEASED = auto()
+
+
 class StreamSlot:
     """An open stream's place under its user's cap, given back once, when the stream ends."""
 
     def __init__(self, hub: StreamHub, viewer: Viewer) -> None:
         self.hub = hub
         self.viewer = viewer
-        self.live = False  # the response has ended but its stream goes on (fanout.SSEWriter)
-        self._held = True
+        self.state = SlotState.STREAMING
+
+    def go_live(self) -> None:
+        if self.state is SlotState.STREAMING:
+            self.state = SlotState.LIVE
 
     def release(self) -> None:
-        if self._held:
-            self._held = False
+        if self.state is not SlotState.RELEASED:
+            self.state = SlotState.RELEASED
             self.hub.release(self.viewer)
 
     def response_closed(self) -> None:
-        if not self.live:
+        if self.state is SlotState.STREAMING:
             self.release()
 
 
@@ -238,6 +248,12 @@ class SubscribeRefused(Exception):
     """A subscribe that changes nothing: the connection is at its cap, or gone."""
 
 
+class HubState(Enum):
+    NEW = auto()
+    RUNNING = auto()
+    STOPPED = auto()
+
+
 class StreamHub:
     """Relays broker events to Socket.IO rooms, one emit per event for all its clients.
 
@@ -269,7 +285,7 @@ class StreamHub:
         self._clients: dict[str, _Client] = {}
         self._position = 0  # the id of the last event emitted to the rooms
         self._stopping = threading.Event()
-        self._started = False
+        self._state = HubState.NEW
         self._sse_open = 0
 
     def acquire(self, viewer: Viewer) -> bool:
@@ -311,9 +327,10 @@ class StreamHub:
         return {"sse": self._sse_open, "socketio": len(self._clients)}
 
     def start(self) -> None:
-        if self._started:
+        """Start emitting events and the background tasks; once (a stopped hub stays stopped)."""
+        if self._state is not HubState.NEW:
             return
-        self._started = True
+        self._state = HubState.RUNNING
         # The hub is a broker reader: each event is emitted to the rooms by whoever
         # publishes it (after its commit, in id order), not handed to a green thread of
         # ours first, which ran only once the POST's answer was written.
@@ -323,6 +340,7 @@ class StreamHub:
         self.socketio.start_background_task(self.live_sse.run, self._stopping)
 
     def stop(self) -> None:
+        self._state = HubState.STOPPED
         self._stopping.set()
         self.broker.detach(self)
         self.live_sse.close()

@@ -46,13 +46,12 @@ from engineio import packet as eio_packet
 from wsproto.frame_protocol import CloseReason, FrameProtocol, Opcode, ParseFailed
 
 from tasknotify.events import Event, http_chunk
+from tasknotify.live.broker import EndReason
 
 logger = logging.getLogger("fanout")
 
-FELL_BEHIND = "reader fell behind"
-GONE = "client went away"
-CLIENT_CLOSED = "client closed"
-PROTOCOL_ERROR = "protocol error"
+# A connection cut rather than closed gracefully: a reader that does not read, or a client that left.
+CUT = (EndReason.FELL_BEHIND, EndReason.GONE)
 
 HEARTBEAT_CHUNK = http_chunk(b": heartbeat\n\n")
 END_CHUNK = b"0\r\n\r\n"  # the end of a chunked body
@@ -167,7 +166,7 @@ class LiveConnection:
         self._pending: deque[bytes] | None = None  # what the socket has not taken yet, in order
         self._drainer: Any = None
         self._listener: Any = None
-        self.closed_reason: str | None = None
+        self.closed_reason: EndReason | None = None
 
     @property
     def watched(self) -> bool:
@@ -186,14 +185,14 @@ class LiveConnection:
         if self._pending is not None:
             self._pending.append(data)
             if len(self._pending) > self._max_pending:
-                self.close(FELL_BEHIND)
+                self.close(EndReason.FELL_BEHIND)
             return
         try:
             sent = self._raw.send(data)
         except BlockingIOError:
             sent = 0
         except OSError:
-            self.close(GONE)
+            self.close(EndReason.GONE)
             return
         if sent < len(data):
             from eventlet import spawn
@@ -205,12 +204,12 @@ class LiveConnection:
     def backlog(self) -> int:
         return len(self._pending or ())
 
-    def close(self, reason: str = "closed") -> None:
+    def close(self, reason: EndReason = EndReason.CLOSED) -> None:
         """End the connection, once; nothing here waits (a publisher holding locks may call it)."""
         if self.closed_reason is not None:
             return
         self.closed_reason = reason
-        if reason in (FELL_BEHIND, GONE) or self._pending:
+        if reason in CUT or self._pending:
             # Cut the connection rather than wait on a reader that does not read: it
             # reconnects and resumes from its last event id.
             _abort(self._raw)
@@ -241,7 +240,7 @@ class LiveConnection:
                 else:
                     pending.popleft()
         except OSError:
-            self.close(GONE)
+            self.close(EndReason.GONE)
         finally:
             self._drainer = None
             if self.closed_reason is None:
@@ -259,7 +258,7 @@ class LiveConnection:
         if data:
             self.received(data)
         else:
-            self.close(GONE)
+            self.close(EndReason.GONE)
 
     def _end(self) -> None:
         from eventlet import hubs
@@ -268,7 +267,7 @@ class LiveConnection:
             self._drainer.kill()
         hubs.get_hub().remove(self._listener)
         self._listener = None  # its callback is a method of this object: a reference cycle
-        graceful = self.closed_reason not in (FELL_BEHIND, GONE) and not self._pending
+        graceful = self.closed_reason not in CUT and not self._pending
         if graceful and self.farewell:
             try:
                 self._raw.send(self.farewell)
@@ -315,7 +314,7 @@ class SSEWriter(LiveConnection):
             self._early.append(event)
             if len(self._early) > self._max_pending:
                 # The response's green thread, writing the replay, fails at once and ends it.
-                self.close(FELL_BEHIND)
+                self.close(EndReason.FELL_BEHIND)
         else:
             self.send(event.sse_chunk)
 
@@ -342,7 +341,7 @@ class SSEWriter(LiveConnection):
     def tick(self, now: float) -> None:
         """Write a heartbeat if one is due, or end the stream if its token expired; called by LiveStreams."""
         if self.expires_at is not None and now >= self.expires_at:
-            self.close("token expired")
+            self.close(EndReason.TOKEN_EXPIRED)
         elif now >= self.next_heartbeat:
             self.next_heartbeat = now + self._streams.heartbeat  # type: ignore[union-attr]
             if not self.backlog:
@@ -407,13 +406,13 @@ class LiveWebSocket(LiveConnection):
             return
         logger.info("closing Socket.IO connection %s: %s", self.eio_socket.sid, why)
         self.farewell = websocket_close(code, why)
-        self.close(PROTOCOL_ERROR)
+        self.close(EndReason.PROTOCOL_ERROR)
 
     # -- the queue interface Engine.IO sends through ------------------------
 
     def put(self, pkt: Any) -> None:
         if pkt is None:  # Engine.IO closed the socket
-            self.close("closed by the server")
+            self.close(EndReason.SERVER_CLOSED)
             return
         data = pkt.encode()
         binary = isinstance(data, bytes)
@@ -446,7 +445,7 @@ class LiveWebSocket(LiveConnection):
                     self._client_closed = True
                     if self.closed_reason is None:
                         self.farewell = websocket_close(frame.payload[0])  # type: ignore[index]  # its code, echoed
-                    self.close(CLIENT_CLOSED)
+                    self.close(EndReason.CLIENT_CLOSED)
                     return
                 elif frame.opcode is not Opcode.PONG and self.closed_reason is None:
                     self._add(frame)
@@ -522,11 +521,12 @@ class LiveWebSocket(LiveConnection):
 
     def ended(self) -> None:
         self._owner.forget(self)
-        if self.closed_reason == FELL_BEHIND:
+        if self.closed_reason is EndReason.FELL_BEHIND:
             logger.info("closing Socket.IO connection %s: it fell more than %s events behind",
                         self.eio_socket.sid, self._max_pending)
         eio = self.eio_socket.server
-        reason = eio.reason.TRANSPORT_ERROR if self.closed_reason == FELL_BEHIND else eio.reason.TRANSPORT_CLOSE
+        behind = self.closed_reason is EndReason.FELL_BEHIND
+        reason = eio.reason.TRANSPORT_ERROR if behind else eio.reason.TRANSPORT_CLOSE
         self.eio_socket.close(wait=False, abort=True, reason=reason)
         # As Engine.IO does when a websocket of its own ends, rather than leave it to its sweep
         # of every socket (once per ping timeout).
@@ -629,7 +629,7 @@ class LiveWebSockets:
         """Close a client that fell behind, transport and all: its Socket.IO client reconnects and resumes."""
         connection = self._by_sid.get(eio_sid)
         if connection is not None:
-            connection.close(FELL_BEHIND)
+            connection.close(EndReason.FELL_BEHIND)
             return
         eio_socket = self.eio.sockets.get(eio_sid)
         if eio_socket is not None:
