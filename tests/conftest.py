@@ -26,6 +26,23 @@ POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.
 ASYNC_MODE = os.environ.get("TEST_ASYNC_MODE", "eventlet")
 
 
+# Test modules whose subject does not depend on the database (the protocols, the HTTP server, the
+# edge, tokens, the broker, the docs): marked store_agnostic, so bin/test's PostgreSQL pass leaves them
+# to the SQLite pass (-m "not store_agnostic"). The store, delivery, the API and the streams' replay
+# run on both.
+STORE_AGNOSTIC = {
+    "test_broker", "test_browser", "test_churn", "test_client_notes", "test_docs", "test_edge", "test_fanout",
+    "test_fences", "test_heap", "test_hostile_streams", "test_hot_path", "test_http_server", "test_jwks",
+    "test_nginx", "test_protocol", "test_redis_broker", "test_rooms",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.module is not None and item.module.__name__ in STORE_AGNOSTIC:
+            item.add_marker(pytest.mark.store_agnostic)
+
+
 @pytest.fixture
 def database_url(tmp_path: Path) -> Iterator[str]:
     """A database of this test's own: a SQLite file, or a new PostgreSQL database dropped afterwards."""
