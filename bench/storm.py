@@ -1,0 +1,255 @@
+"""Reconnect storms (issue 18): every client connecting at the same moment, and a restart of the server under load.
+
+connect at once: for each size of --storm (SSExSIO) and each server, the clients' processes load first, then all
+start together, each opening all of its connections at once (load.js --parallel = its client count). The time is
+load.js's own, from its start of connecting to its last connection made (or failed); a transport's time is the
+longest of its processes', the total the longest of all.
+
+restart: N SSE + N Socket.IO clients that reconnect as real ones do (load.js --resume 1) are connected and
+receiving; the server is stopped (SIGTERM) and started again on the same port and database. Posts go on from the
+moment it answers /healthz while the clients come back, and again once all are back. Each client must then hold
+every event of the run exactly once and in order. The reference keeps no event log (its ids start again at 1 and
+it ignores Last-Event-ID), so on it only the time to reconnect is measured.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from bench.common import (
+    ADMIN_SCOPES,
+    SERVER_NAMES,
+    TRANSPORTS,
+    Readers,
+    Run,
+    log,
+    make_server,
+    mint,
+    node_tool,
+    note_failure,
+    split,
+    wait_until,
+)
+
+
+def sizes(spec: str) -> list[tuple[int, int]]:
+    out = []
+    for part in spec.split(","):
+        sse, _, sio = part.strip().partition("x")
+        out.append((int(sse), int(sio or 0)))
+    return out
+
+
+def scenario(run: Run, results: dict[str, Any]) -> None:
+    """Each --storm size on each server, then the restart at --storm-restart on each server."""
+    args = run.args
+    results["storm"] = {"connect": [], "restart": []}
+    for sse, sio in sizes(args.storm):
+        row: dict[str, Any] = {"sse_clients": sse, "sio_clients": sio}
+        for kind in args.servers:
+            try:
+                row[kind] = connect_at_once(run, kind, sse, sio)
+            except Exception as exc:  # noqa: BLE001 - keep the other measurements
+                note_failure(results, f"storm {sse}+{sio} on {SERVER_NAMES[kind]}", exc)
+        results["storm"]["connect"].append(row)
+        run.save(results)
+    for sse, sio in sizes(args.storm_restart):
+        for kind in args.servers:
+            try:
+                results["storm"]["restart"].append(restart(run, kind, sse, sio))
+            except Exception as exc:  # noqa: BLE001
+                note_failure(results, f"restart under {sse}+{sio} on {SERVER_NAMES[kind]}", exc)
+            run.save(results)
+
+
+def start_readers(run: Run, url: str, label: str, kind: str, sse: int, sio: int, tag: str, token: str,
+                  max_seconds: float, resume: bool = False) -> list[Readers]:
+    """The clients' processes (at most --clients-per-process each), loaded, not yet connecting."""
+    readers = []
+    for transport, count in (("sse", sse), ("sio", sio)):
+        for k, chunk in enumerate(split([{"user": "*", "token": token}] * count, run.args.clients_per_process)):
+            if chunk:
+                readers.append(Readers(run, transport, url, chunk, tag, run.name(f"{label}-{kind}-{transport}{k}"),
+                                       max_seconds, parallel=len(chunk), wait_go=True, resume=resume))
+    wait_until(lambda: all(r.loaded or r.proc.poll() is not None for r in readers), 60, "the clients to load", 0.05)
+    return readers
+
+
+def connect_at_once(run: Run, kind: str, sse: int, sio: int) -> dict[str, Any]:
+    label = f"storm-{sse}+{sio}"
+    log(f"{label} on {SERVER_NAMES[kind]}: {sse} SSE + {sio} Socket.IO connecting at once")
+    server = make_server(run, kind, label)
+    admin = mint("admin@example.com", ADMIN_SCOPES)
+    readers: list[Readers] = []
+    try:
+        # a few connections of each transport first, so that first-use imports and caches are not the storm's
+        warm = start_readers(run, server.url, f"{label}-warm", kind, 5, 5, "warm", admin, 120)
+        for r in warm:
+            r.go()
+        wait_until(lambda: all(r.finished_connecting() for r in warm), 60, "the warm-up connections", 0.05)
+        for r in warm:
+            r.stop()
+        time.sleep(1)
+        readers = start_readers(run, server.url, label, kind, sse, sio, "storm", admin, 600 + (sse + sio) / 20)
+        started = time.monotonic()
+        for r in readers:
+            r.go()
+        wait_until(lambda: all(r.finished_connecting() for r in readers), 300 + (sse + sio) / 20,
+                   "every client to connect", 0.02)
+        wall = time.monotonic() - started
+        time.sleep(1)
+        server_counts = server.streams()
+        result: dict[str, Any] = {"server": kind, "sse_clients": sse, "sio_clients": sio,
+                                  "wall_seconds": round(wall, 3), "server_counts": server_counts}
+        for transport in TRANSPORTS:
+            mine = [r for r in readers if r.transport == transport]
+            if not mine:
+                continue
+            failures: dict[str, int] = {}
+            for r in mine:
+                summary, _ = r.stop()
+                for reason, n in summary["failures"].items():
+                    failures[reason] = failures.get(reason, 0) + n
+            assert all(r.ready for r in mine)
+            result[transport] = {
+                "clients": sum(r.count for r in mine), "connected": sum(r.ready[0] for r in mine if r.ready),
+                "failed": sum(r.ready[1] for r in mine if r.ready), "failures": failures,
+                "seconds": max((r.ready_seconds or 0.0) for r in mine),
+            }
+        result["seconds"] = max(result[t]["seconds"] for t in TRANSPORTS if t in result)
+        result["failed"] = sum(result[t]["failed"] for t in TRANSPORTS if t in result)
+        log(f"  all tried in {result['seconds']:.2f}s (seen here after {wall:.2f}s): "
+            + ", ".join(f"{t} {result[t]['connected']}/{result[t]['clients']} in {result[t]['seconds']:.2f}s"
+                        for t in TRANSPORTS if t in result) + f"; server counts {server_counts}")
+        return result
+    finally:
+        for r in readers:
+            if r.proc.poll() is None:
+                r.proc.kill()
+        server.stop()
+
+
+def restart(run: Run, kind: str, sse: int, sio: int) -> dict[str, Any]:
+    """Clients connected and receiving; the server stopped and started again; the clients back, nothing lost."""
+    label = f"restart-{sse}+{sio}"
+    resumes = kind == "ours"
+    log(f"{label} on {SERVER_NAMES[kind]}: {sse} SSE + {sio} Socket.IO, then a restart"
+        + ("" if resumes else " (reconnection time only: the reference has no resume)"))
+    server = make_server(run, kind, label)
+    admin = mint("admin@example.com", ADMIN_SCOPES)
+    tag = "restart"
+    rate, during_seconds = run.args.storm_rate, run.args.storm_post_seconds
+    readers: list[Readers] = []
+    try:
+        readers = start_readers(run, server.url, label, kind, sse, sio, tag, admin,
+                                900 + (sse + sio) / 10, resume=True)
+        for r in readers:
+            r.go()
+        wait_until(lambda: all(r.finished_connecting() for r in readers), 300 + (sse + sio) / 20,
+                   "every client to connect", 0.1)
+        connected = sum(r.ready[0] for r in readers if r.ready)
+        log(f"  {connected}/{sse + sio} connected; posting {rate:g}/s for 2 s")
+        before = node_tool(run, run.name(f"{label}-{kind}-before"), "post", server.url, 180, token=admin,
+                           rate=rate, seconds=2, tag=tag, users=0)
+        expected_each = before["ok"]
+        drain(readers, connected * expected_each, 60)
+        stop_at = time.monotonic()
+        server.stop()
+        stopped = time.monotonic() - stop_at
+        server.start()  # the same port, database and settings; returns when /healthz answers
+        up_wall = time.time()
+        up_at = time.monotonic()
+        log(f"  stopped in {stopped:.2f}s, answering /healthz {up_at - stop_at:.2f}s after the stop")
+        during: dict[str, Any] = {}
+        poster = None
+        if resumes:  # events while the clients come back
+            def post_during() -> None:
+                during.update(node_tool(run, run.name(f"{label}-{kind}-during"), "post", server.url,
+                                        during_seconds + 300, token=admin, rate=rate, seconds=during_seconds,
+                                        tag=tag, users=0))
+            poster = threading.Thread(target=post_during, daemon=True)
+            poster.start()
+        try:
+            wait_until(lambda: sum(r.back for r in readers) >= connected, 240 + (sse + sio) / 20,
+                       "every client to come back", 0.2)
+        except TimeoutError as exc:
+            log(f"  {exc}: {sum(r.back for r in readers)}/{connected} back")
+        seen_back = time.monotonic() - up_at
+        after: dict[str, Any] = {}
+        if poster is not None:
+            poster.join(during_seconds + 330)
+            after = node_tool(run, run.name(f"{label}-{kind}-after"), "post", server.url, 180, token=admin,
+                              rate=rate, seconds=2, tag=tag, users=0)
+            expected_each += during.get("ok", 0) + after["ok"]
+            drain(readers, connected * expected_each, run.args.drain_seconds)
+        result: dict[str, Any] = {
+            "server": kind, "sse_clients": sse, "sio_clients": sio, "connected_before": connected,
+            "resume": resumes, "stop_seconds": round(stopped, 2), "down_seconds": round(up_at - stop_at, 2),
+            "back_seen_seconds": round(seen_back, 2), "rate": rate,
+            "posts": {"before": before["ok"], "during": during.get("ok"), "after": after.get("ok"),
+                      "statuses": [p["statuses"] for p in (before, during, after) if p]},
+        }
+        for transport in TRANSPORTS:
+            mine = [r for r in readers if r.transport == transport]
+            if not mine:
+                continue
+            clients = back = refused = 0
+            gaps = dups = out_of_order = 0
+            last_back: float | None = None
+            failures: dict[str, int] = {}
+            up_at_end = 0
+            for r in mine:
+                summary, _ = r.stop()
+                up_at_end += summary.get("up_at_end", 0)
+                for reason, n in summary["failures"].items():
+                    failures[reason] = failures.get(reason, 0) + n
+                for (_user, got, dup, was), (connects, connected_at, disorder, _down, refusals) in zip(
+                        summary["per_client"], summary["resume"], strict=True):
+                    if not was:
+                        continue
+                    clients += 1
+                    refused += refusals
+                    if connects > 1 and connected_at is not None:
+                        back += 1
+                        last_back = max(last_back or 0.0, connected_at / 1000 - up_wall)
+                    if resumes:
+                        gaps += max(0, expected_each - got)
+                        dups += dup
+                        out_of_order += disorder
+            result[transport] = {
+                "clients": clients, "reconnected": back, "not_reconnected": clients - back,
+                "connected_at_end": up_at_end, "failures": failures, "refusals": refused,
+                "reconnect_seconds": None if last_back is None else round(last_back, 2),
+                "expected_each": expected_each if resumes else None,
+                "gaps": gaps if resumes else None, "duplicates": dups if resumes else None,
+                "out_of_order": out_of_order if resumes else None,
+            }
+            log(f"  {transport}: {back}/{clients} back, the last {result[transport]['reconnect_seconds']}s after "
+                f"/healthz" + (f"; gaps {gaps}, duplicates {dups}, out of order {out_of_order} "
+                               f"({expected_each} events each)" if resumes else ""))
+        times = [result[t]["reconnect_seconds"] for t in TRANSPORTS if t in result
+                 and result[t]["reconnect_seconds"] is not None]
+        result["reconnect_seconds"] = max(times) if times else None
+        return result
+    finally:
+        for r in readers:
+            if r.proc.poll() is None:
+                r.proc.kill()
+        server.stop()
+
+
+def drain(readers: list[Readers], expected: int, timeout: float) -> None:
+    """Wait until the readers have counted expected events in all, or nothing more came for 15 s."""
+    started = time.monotonic()
+    last, last_change = -1, time.monotonic()
+    while time.monotonic() - started < timeout:
+        got = sum(r.progress for r in readers)
+        if got >= expected:
+            return
+        if got != last:
+            last, last_change = got, time.monotonic()
+        elif time.monotonic() - last_change > 15:
+            return
+        time.sleep(0.5)
