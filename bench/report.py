@@ -302,6 +302,11 @@ def storm_markdown(storm: dict[str, Any]) -> list[str]:
                          f"{fmt(parts[0].get('expected_each') if parts else None)} | {fmt(total('gaps'))} | "
                          f"{fmt(total('duplicates'))} | {fmt(total('out_of_order'))} |")
         lines.append("")
+    profile = storm.get("profile")
+    if profile:
+        lines += [f"Profile (py-spy, an extra storm of {profile['sio_clients']} Socket.IO clients on ours, which "
+                  f"connected in {', '.join(f'{x:.2f} s' for x in profile['seconds_under_py_spy'])} under the "
+                  f"profiler): `{profile['flame']}`, `{profile['top']}`.", ""]
     return lines
 
 
@@ -370,7 +375,8 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
 
 def publish(out: Path, plots: list[Path]) -> list[Path]:
     """Copy the run's figures, plots and flame graph to docs/benchmarks/ (only them); return the copies."""
-    wanted = [out / "results.json", *plots, out / "fanout-flame.svg", out / "fanout-top.txt"]
+    wanted = [out / "results.json", *plots, out / "fanout-flame.svg", out / "fanout-top.txt", out / "storm-flame.svg",
+              out / "storm-top.txt"]
     PUBLISHED.mkdir(exist_ok=True)
     names = {file.name for file in wanted if file.exists()}
     for old in PUBLISHED.iterdir():
@@ -451,6 +457,16 @@ def write_docs(results: dict[str, Any], out: Path, plots: list[Path], command: s
         if top.exists():
             text += ["", "Top self time (from a second py-spy recording of raw stacks):", "", "```",
                      *top.read_text().splitlines()[:25], "```"]
+        text.append("")
+    storm_flame, storm_top = PUBLISHED / "storm-flame.svg", PUBLISHED / "storm-top.txt"
+    if storm_flame.exists():
+        profile = (results.get("storm") or {}).get("profile") or {}
+        text += [f"## Profile of our server under a storm of {profile.get('sio_clients', '?')} Socket.IO clients", "",
+                 f"py-spy flame graph (`--gil`: the thread running Python): [`{os.path.relpath(storm_flame, DOCS)}`]"
+                 f"({os.path.relpath(storm_flame, DOCS)}), recorded in a separate, unmeasured storm."]
+        if storm_top.exists():
+            text += ["", "Top self time (from a second storm, recorded as raw stacks):", "", "```",
+                     *storm_top.read_text().splitlines()[:25], "```"]
         text.append("")
     text += ["## Reading the figures", "", *[f"- {n}" for n in READING], ""]
     if results.get("notes"):

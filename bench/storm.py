@@ -10,16 +10,24 @@ receiving; the server is stopped (SIGTERM) and started again on the same port an
 moment it answers /healthz while the clients come back, and again once all are back. Each client must then hold
 every event of the run exactly once and in order. The reference keeps no event log (its ids start again at 1 and
 it ignores Last-Event-ID), so on it only the time to reconnect is measured.
+
+profile (with --profile, on in full mode): py-spy on our server during an extra, unmeasured storm of Socket.IO
+clients only (as many as the last --storm size has): storm-flame.svg, then storm-top.txt (self time) from a
+second storm recorded as raw stacks.
 """
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from bench.common import (
     ADMIN_SCOPES,
+    PY,
     SERVER_NAMES,
     TRANSPORTS,
     Readers,
@@ -62,6 +70,13 @@ def scenario(run: Run, results: dict[str, Any]) -> None:
             except Exception as exc:  # noqa: BLE001
                 note_failure(results, f"restart under {sse}+{sio} on {SERVER_NAMES[kind]}", exc)
             run.save(results)
+    sio = sizes(args.storm)[-1][1]
+    if args.profile and "ours" in args.servers and sio:
+        try:
+            results["storm"]["profile"] = profiled(run, sio)
+        except Exception as exc:  # noqa: BLE001
+            note_failure(results, "profiled Socket.IO storm", exc)
+        run.save(results)
 
 
 def start_readers(run: Run, url: str, label: str, kind: str, sse: int, sio: int, tag: str, token: str,
@@ -253,3 +268,49 @@ def drain(readers: list[Readers], expected: int, timeout: float) -> None:
         elif time.monotonic() - last_change > 15:
             return
         time.sleep(0.5)
+
+
+def profiled(run: Run, sio: int) -> dict[str, Any]:
+    """py-spy on our server while sio Socket.IO clients connect at once: a flame graph, then raw stacks.
+
+    --gil: only the thread holding the GIL is sampled, so the idle threads of eventlet's tpool do not fill the
+    profile.
+    """
+    from bench.fanout import top_self
+
+    log(f"profile of ours under a storm of {sio} Socket.IO clients (py-spy; not measured)")
+    server = make_server(run, "ours", f"storm-profile-{sio}")
+    admin = mint("admin@example.com", ADMIN_SCOPES)
+    spy = str(Path(PY).parent / "py-spy")
+    svg, raw = run.out / "storm-flame.svg", run.out / "storm-top-stacks.txt"
+    seconds = []
+    try:
+        for what, out in (("flamegraph", svg), ("raw", raw)):
+            readers = start_readers(run, server.url, f"storm-profile-{what}", "ours", 0, sio, "storm", admin, 600)
+            with open(run.logs / "py-spy-storm.log", "ab") as spy_log:
+                recorder = subprocess.Popen([spy, "record", "--gil", "--format", what, "-o", str(out), "--pid",
+                                             str(server.pid)], stdout=spy_log, stderr=spy_log)
+            try:
+                time.sleep(1)  # py-spy attached
+                for r in readers:
+                    r.go()
+                wait_until(lambda readers=readers: all(r.finished_connecting() for r in readers), 300,
+                           "every client to connect", 0.05)
+                seconds.append(max(r.ready_seconds or 0.0 for r in readers))
+                time.sleep(1)
+            finally:
+                recorder.send_signal(signal.SIGINT)  # py-spy writes its file on Ctrl-C
+                try:
+                    recorder.wait(60)
+                except subprocess.TimeoutExpired:
+                    recorder.kill()
+                for r in readers:
+                    r.stop()
+            time.sleep(3)  # the disconnections handled before the next storm
+    finally:
+        server.stop()
+    if raw.exists():
+        (run.out / "storm-top.txt").write_text(top_self(raw))
+    log(f"  {sio} Socket.IO clients connected in {', '.join(f'{x:.2f}s' for x in seconds)} under py-spy")
+    return {"sio_clients": sio, "seconds_under_py_spy": seconds,
+            "flame": svg.name if svg.exists() else None, "top": "storm-top.txt" if raw.exists() else None}
