@@ -254,10 +254,12 @@ def storm_markdown(storm: dict[str, Any]) -> list[str]:
         lines += ["### Reconnect storm: every client connecting at once", "",
                   "Seconds from the start of connecting until every client was connected (or had failed), as the",
                   "clients measured it; a transport's figure is its slowest process's, `all` the slowest of all.",
-                  "Issue 18's target at 5 000 + 5 000: ours within 1.5× the reference.", "",
+                  "Issue 18's target at 5 000 + 5 000: ours within 1.5× the reference. Listen queue overflows: the",
+                  "kernel's ListenOverflows during the storm (whole machine): SYNs turned away by a full accept",
+                  "queue, each costing its client a TCP retransmission timeout (1 s, then 3 s ...).", "",
                   "| clients (SSE + Socket.IO) | transport | reference s | ours s | ours / reference "
-                  "| failed (reference / ours) |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+                  "| failed (reference / ours) | listen queue overflows (reference / ours) |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
         for row in storm["connect"]:
             ref, ours = row.get("ref") or {}, row.get("ours") or {}
             size = f"{row['sse_clients']:,} + {row['sio_clients']:,}".replace(",", " ")
@@ -269,7 +271,9 @@ def storm_markdown(storm: dict[str, Any]) -> list[str]:
                 r, o = r or {}, o or {}
                 lines.append(f"| {size} | {TRANSPORT_NAMES.get(t, t)} | {fmt(r.get('seconds'), 2)} | "
                              f"{fmt(o.get('seconds'), 2)} | {fmt(ratio(o.get('seconds'), r.get('seconds')), 2)} | "
-                             f"{fmt(r.get('failed'))} / {fmt(o.get('failed'))} |")
+                             f"{fmt(r.get('failed'))} / {fmt(o.get('failed'))} | "
+                             + (f"{fmt((ref.get('tcp') or {}).get('listen_overflows'))} / "
+                                f"{fmt((ours.get('tcp') or {}).get('listen_overflows'))} |" if t == "all" else "|"))
         lines.append("")
         failures = [f"{SERVER_NAMES[kind]} at {row['sse_clients']}+{row['sio_clients']}, {TRANSPORT_NAMES[t]}: "
                     f"{row[kind][t]['failures']}" for row in storm["connect"] for kind in ("ref", "ours")
@@ -286,9 +290,15 @@ def storm_markdown(storm: dict[str, Any]) -> list[str]:
                   "is an event of the run a client never got, a duplicate one it got twice (both should be 0).",
                   "The reference keeps no event log and ignores Last-Event-ID: only its reconnect time is measured.",
                   "",
-                  "| server | clients (SSE + Socket.IO) | down s (stop to /healthz) | reconnect s, SSE | "
-                  "reconnect s, Socket.IO | not back | events each | gaps | duplicates | out of order |",
+                  "| server | clients (SSE + Socket.IO) | down s (stop to /healthz) | reconnect s, SSE: last "
+                  "(median) | reconnect s, Socket.IO: last (median) | not back | events each | gaps | duplicates "
+                  "| out of order |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        def back(x: dict[str, Any] | None) -> str:
+            if not x:
+                return "–"
+            return f"{fmt(x.get('reconnect_seconds'), 2)} ({fmt(x.get('reconnect_median_seconds'), 2)})"
+
         for r in storm["restart"]:
             parts = [r[t] for t in TRANSPORTS if t in r]
 
@@ -297,8 +307,8 @@ def storm_markdown(storm: dict[str, Any]) -> list[str]:
                 return sum(values) if values else None
 
             lines.append(f"| {SERVER_NAMES[r['server']]} | {r['sse_clients']} + {r['sio_clients']} | "
-                         f"{fmt(r['down_seconds'], 2)} | {fmt(r.get('sse', {}).get('reconnect_seconds'), 2)} | "
-                         f"{fmt(r.get('sio', {}).get('reconnect_seconds'), 2)} | {fmt(total('not_reconnected'))} | "
+                         f"{fmt(r['down_seconds'], 2)} | {back(r.get('sse'))} | {back(r.get('sio'))} | "
+                         f"{fmt(total('not_reconnected'))} | "
                          f"{fmt(parts[0].get('expected_each') if parts else None)} | {fmt(total('gaps'))} | "
                          f"{fmt(total('duplicates'))} | {fmt(total('out_of_order'))} |")
         lines.append("")

@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bench.common import (
     ADMIN_SCOPES,
     PY,
@@ -79,6 +81,16 @@ def scenario(run: Run, results: dict[str, Any]) -> None:
         run.save(results)
 
 
+def tcp_counters() -> dict[str, int]:
+    """The kernel's counts of connections its listen queues turned away (this network namespace, every socket)."""
+    names, values = [], []
+    for line in Path("/proc/net/netstat").read_text().splitlines():
+        if line.startswith("TcpExt:"):
+            (names if not names else values).extend(line.split()[1:])
+    counts = dict(zip(names, (int(v) for v in values), strict=False))
+    return {"listen_overflows": counts.get("ListenOverflows", 0), "syncookies_sent": counts.get("SyncookiesSent", 0)}
+
+
 def start_readers(run: Run, url: str, label: str, kind: str, sse: int, sio: int, tag: str, token: str,
                   max_seconds: float, resume: bool = False) -> list[Readers]:
     """The clients' processes (at most --clients-per-process each), loaded, not yet connecting."""
@@ -108,16 +120,19 @@ def connect_at_once(run: Run, kind: str, sse: int, sio: int) -> dict[str, Any]:
             r.stop()
         time.sleep(1)
         readers = start_readers(run, server.url, label, kind, sse, sio, "storm", admin, 600 + (sse + sio) / 20)
+        counters = tcp_counters()
         started = time.monotonic()
         for r in readers:
             r.go()
         wait_until(lambda: all(r.finished_connecting() for r in readers), 300 + (sse + sio) / 20,
                    "every client to connect", 0.02)
         wall = time.monotonic() - started
+        # SYNs a full listen queue turned away: each costs its client a TCP retransmission timeout (1 s, 3 s ...)
+        tcp = {k: v - counters[k] for k, v in tcp_counters().items()}
         time.sleep(1)
         server_counts = server.streams()
         result: dict[str, Any] = {"server": kind, "sse_clients": sse, "sio_clients": sio,
-                                  "wall_seconds": round(wall, 3), "server_counts": server_counts}
+                                  "wall_seconds": round(wall, 3), "server_counts": server_counts, "tcp": tcp}
         for transport in TRANSPORTS:
             mine = [r for r in readers if r.transport == transport]
             if not mine:
@@ -137,7 +152,7 @@ def connect_at_once(run: Run, kind: str, sse: int, sio: int) -> dict[str, Any]:
         result["failed"] = sum(result[t]["failed"] for t in TRANSPORTS if t in result)
         log(f"  all tried in {result['seconds']:.2f}s (seen here after {wall:.2f}s): "
             + ", ".join(f"{t} {result[t]['connected']}/{result[t]['clients']} in {result[t]['seconds']:.2f}s"
-                        for t in TRANSPORTS if t in result) + f"; server counts {server_counts}")
+                        for t in TRANSPORTS if t in result) + f"; server counts {server_counts}; {tcp}")
         return result
     finally:
         for r in readers:
@@ -212,7 +227,7 @@ def restart(run: Run, kind: str, sse: int, sio: int) -> dict[str, Any]:
                 continue
             clients = back = refused = 0
             gaps = dups = out_of_order = 0
-            last_back: float | None = None
+            backs: list[float] = []
             failures: dict[str, int] = {}
             up_at_end = 0
             for r in mine:
@@ -228,7 +243,7 @@ def restart(run: Run, kind: str, sse: int, sio: int) -> dict[str, Any]:
                     refused += refusals
                     if connects > 1 and connected_at is not None:
                         back += 1
-                        last_back = max(last_back or 0.0, connected_at / 1000 - up_wall)
+                        backs.append(connected_at / 1000 - up_wall)
                     if resumes:
                         gaps += max(0, expected_each - got)
                         dups += dup
@@ -236,14 +251,16 @@ def restart(run: Run, kind: str, sse: int, sio: int) -> dict[str, Any]:
             result[transport] = {
                 "clients": clients, "reconnected": back, "not_reconnected": clients - back,
                 "connected_at_end": up_at_end, "failures": failures, "refusals": refused,
-                "reconnect_seconds": None if last_back is None else round(last_back, 2),
+                "reconnect_seconds": round(max(backs), 2) if backs else None,
+                "reconnect_median_seconds": round(float(np.median(backs)), 2) if backs else None,
                 "expected_each": expected_each if resumes else None,
                 "gaps": gaps if resumes else None, "duplicates": dups if resumes else None,
                 "out_of_order": out_of_order if resumes else None,
             }
             log(f"  {transport}: {back}/{clients} back, the last {result[transport]['reconnect_seconds']}s after "
-                f"/healthz" + (f"; gaps {gaps}, duplicates {dups}, out of order {out_of_order} "
-                               f"({expected_each} events each)" if resumes else ""))
+                f"/healthz (median {result[transport]['reconnect_median_seconds']}s)"
+                + (f"; gaps {gaps}, duplicates {dups}, out of order {out_of_order} ({expected_each} events each)"
+                   if resumes else ""))
         times = [result[t]["reconnect_seconds"] for t in TRANSPORTS if t in result
                  and result[t]["reconnect_seconds"] is not None]
         result["reconnect_seconds"] = max(times) if times else None
