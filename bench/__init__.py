@@ -2,5 +2,6 @@
 
 run.py: options and main; common.py: the run, the servers, the load clients, helpers; one module per
 scenario (write.py, fanout.py for fan-out to all and per user, memory.py, backlog.py for replay and
-delivery); report.py: targets, tables, plots, docs/benchmarks.md; sink.py: the SMTP sink.
+delivery, storm.py for the reconnect storms of issue 18: connecting at once, a restart under load);
+report.py: targets, tables, plots, docs/benchmarks.md; sink.py: the SMTP sink.
 """

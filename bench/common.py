@@ -270,19 +270,36 @@ def make_server(run: Run, kind: str, stem: str, extra: dict[str, str] | None = N
 
 
 class Readers:
-    """One Node.js process holding many SSE or Socket.IO connections (bench/clients/load.js)."""
+    """One Node.js process holding many SSE or Socket.IO connections (bench/clients/load.js).
+
+    parallel: connections opened at a time (load.js's default 50 when None). wait_go: the process loads, says
+    so (`loaded`) and connects on go(), so that several processes start connecting together. resume: the
+    clients reconnect as real ones do (load.js --resume 1); `up` and `back` then follow its progress lines.
+    """
 
     def __init__(self, run: Run, transport: str, url: str, specs: list[dict[str, str]], tag: str, name: str,
-                 max_seconds: float) -> None:
+                 max_seconds: float, parallel: int | None = None, wait_go: bool = False,
+                 resume: bool = False) -> None:
         self.transport = transport
+        self.count = len(specs)
         self.prefix = run.tmp / f"{name}-{tag}"
         clients_file = run.tmp / f"{name}-{tag}-clients.json"
         clients_file.write_text(json.dumps(specs))
-        self.proc = run.spawn([NODE, str(LOAD_JS), transport, "--url", url, "--clients", str(clients_file),
-                               "--tag", tag, "--out", str(self.prefix), "--max-seconds", str(int(max_seconds))],
-                              name, stdin=True, stdout_pipe=True)
+        cmd = [NODE, str(LOAD_JS), transport, "--url", url, "--clients", str(clients_file),
+               "--tag", tag, "--out", str(self.prefix), "--max-seconds", str(int(max_seconds))]
+        if parallel is not None:
+            cmd += ["--parallel", str(parallel)]
+        if wait_go:
+            cmd += ["--wait-go", "1"]
+        if resume:
+            cmd += ["--resume", "1"]
+        self.proc = run.spawn(cmd, name, stdin=True, stdout_pipe=True)
         self.ready: tuple[int, int] | None = None
+        self.ready_seconds: float | None = None  # from the start of connecting, as load.js measured it
+        self.loaded = False
         self.progress = 0
+        self.up = 0  # with resume: connected now
+        self.back = 0  # with resume: connected now after a reconnection
         self.done = False
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
@@ -292,12 +309,25 @@ class Readers:
         for raw in self.proc.stdout:
             line = raw.decode().strip()
             if line.startswith("ready "):
-                ok, failed = line.split()[1:3]
-                self.ready = (int(ok), int(failed))
+                fields = line.split()
+                if len(fields) > 3:  # load.js before the storm scenario printed no time
+                    self.ready_seconds = float(fields[3])
+                self.ready = (int(fields[1]), int(fields[2]))
             elif line.startswith("progress "):
-                self.progress = int(line.split()[1])
+                fields = line.split()
+                if len(fields) > 3:
+                    self.up, self.back = int(fields[2]), int(fields[3])
+                self.progress = int(fields[1])
+            elif line == "loaded":
+                self.loaded = True
             elif line == "done":
                 self.done = True
+
+    def go(self) -> None:
+        """Start connecting (with wait_go)."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(b"go\n")
+        self.proc.stdin.flush()
 
     def finished_connecting(self) -> bool:
         if self.proc.poll() is not None and self.ready is None:

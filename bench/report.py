@@ -233,6 +233,7 @@ def markdown(results: dict[str, Any], plots: list[str]) -> str:
                          f"{b['db_read']['sqlalchemy_seconds']:.3f} s, "
                          f"bare driver {b['db_read']['driver_seconds']:.3f} s |")
         lines.append("")
+    lines += storm_markdown(results.get("storm") or {})
     ts = targets(results)
     if ts:
         lines += ["### Targets of issue 6", "", "| target | measured | limit | result | detail |",
@@ -244,6 +245,79 @@ def markdown(results: dict[str, Any], plots: list[str]) -> str:
     for plot in plots:
         lines += [f"![{Path(plot).stem}]({plot})", ""]
     return "\n".join(lines)
+
+
+def storm_markdown(storm: dict[str, Any]) -> list[str]:
+    """The reconnect storm tables (issue 18): connecting at once on each server, and the restart of a server."""
+    lines: list[str] = []
+    if storm.get("connect"):
+        lines += ["### Reconnect storm: every client connecting at once", "",
+                  "Seconds from the start of connecting until every client was connected (or had failed), as the",
+                  "clients measured it; a transport's figure is its slowest process's, `all` the slowest of all.",
+                  "Issue 18's target at 5 000 + 5 000: ours within 1.5× the reference. Listen queue overflows: the",
+                  "kernel's ListenOverflows during the storm (whole machine): SYNs turned away by a full accept",
+                  "queue, each costing its client a TCP retransmission timeout (1 s, then 3 s ...).", "",
+                  "| clients (SSE + Socket.IO) | transport | reference s | ours s | ours / reference "
+                  "| failed (reference / ours) | listen queue overflows (reference / ours) |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for row in storm["connect"]:
+            ref, ours = row.get("ref") or {}, row.get("ours") or {}
+            size = f"{row['sse_clients']:,} + {row['sio_clients']:,}".replace(",", " ")
+            for t in (*TRANSPORTS, "all"):
+                r = ref if t == "all" else ref.get(t)
+                o = ours if t == "all" else ours.get(t)
+                if r is None and o is None:
+                    continue
+                r, o = r or {}, o or {}
+                lines.append(f"| {size} | {TRANSPORT_NAMES.get(t, t)} | {fmt(r.get('seconds'), 2)} | "
+                             f"{fmt(o.get('seconds'), 2)} | {fmt(ratio(o.get('seconds'), r.get('seconds')), 2)} | "
+                             f"{fmt(r.get('failed'))} / {fmt(o.get('failed'))} | "
+                             + (f"{fmt((ref.get('tcp') or {}).get('listen_overflows'))} / "
+                                f"{fmt((ours.get('tcp') or {}).get('listen_overflows'))} |" if t == "all" else "|"))
+        lines.append("")
+        failures = [f"{SERVER_NAMES[kind]} at {row['sse_clients']}+{row['sio_clients']}, {TRANSPORT_NAMES[t]}: "
+                    f"{row[kind][t]['failures']}" for row in storm["connect"] for kind in ("ref", "ours")
+                    if row.get(kind) for t in TRANSPORTS if row[kind].get(t, {}).get("failures")]
+        if failures:
+            lines += ["Failures: " + "; ".join(failures) + ".", ""]
+    if storm.get("restart"):
+        lines += ["### Reconnect storm: a restart under load", "",
+                  "Clients connected and receiving; the server stopped (SIGTERM) and started again on the same port",
+                  "and database. SSE clients come back after their stream's `retry:` delay with `Last-Event-ID`,",
+                  "Socket.IO clients by socket.io-client's own reconnection (default delays) with `last_event_id` in",
+                  "`auth`. Reconnect time: from the restarted server's first /healthz answer to the last client",
+                  "back. Posts went on from that answer while the clients came back, and once all were back; a gap",
+                  "is an event of the run a client never got, a duplicate one it got twice (both should be 0).",
+                  "The reference keeps no event log and ignores Last-Event-ID: only its reconnect time is measured.",
+                  "",
+                  "| server | clients (SSE + Socket.IO) | down s (stop to /healthz) | reconnect s, SSE: last "
+                  "(median) | reconnect s, Socket.IO: last (median) | not back | events each | gaps | duplicates "
+                  "| out of order |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        def back(x: dict[str, Any] | None) -> str:
+            if not x:
+                return "–"
+            return f"{fmt(x.get('reconnect_seconds'), 2)} ({fmt(x.get('reconnect_median_seconds'), 2)})"
+
+        for r in storm["restart"]:
+            parts = [r[t] for t in TRANSPORTS if t in r]
+
+            def total(key: str, parts: list[dict[str, Any]] = parts) -> int | None:
+                values = [x[key] for x in parts if x.get(key) is not None]
+                return sum(values) if values else None
+
+            lines.append(f"| {SERVER_NAMES[r['server']]} | {r['sse_clients']} + {r['sio_clients']} | "
+                         f"{fmt(r['down_seconds'], 2)} | {back(r.get('sse'))} | {back(r.get('sio'))} | "
+                         f"{fmt(total('not_reconnected'))} | "
+                         f"{fmt(parts[0].get('expected_each') if parts else None)} | {fmt(total('gaps'))} | "
+                         f"{fmt(total('duplicates'))} | {fmt(total('out_of_order'))} |")
+        lines.append("")
+    profile = storm.get("profile")
+    if profile:
+        lines += [f"Profile (py-spy, an extra storm of {profile['sio_clients']} Socket.IO clients on ours, which "
+                  f"connected in {', '.join(f'{x:.2f} s' for x in profile['seconds_under_py_spy'])} under the "
+                  f"profiler): `{profile['flame']}`, `{profile['top']}`.", ""]
+    return lines
 
 
 def plot(results: dict[str, Any], out: Path) -> list[Path]:
@@ -311,7 +385,8 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
 
 def publish(out: Path, plots: list[Path]) -> list[Path]:
     """Copy the run's figures, plots and flame graph to docs/benchmarks/ (only them); return the copies."""
-    wanted = [out / "results.json", *plots, out / "fanout-flame.svg", out / "fanout-top.txt"]
+    wanted = [out / "results.json", *plots, out / "fanout-flame.svg", out / "fanout-top.txt", out / "storm-flame.svg",
+              out / "storm-top.txt"]
     PUBLISHED.mkdir(exist_ok=True)
     names = {file.name for file in wanted if file.exists()}
     for old in PUBLISHED.iterdir():
@@ -347,6 +422,7 @@ def write_docs(results: dict[str, Any], out: Path, plots: list[Path], command: s
         "bench/run --quick    # small sizes, about four minutes",
         "bench/run --only fanout,memory --postgres --redis   # chosen scenarios, our server on PostgreSQL + Redis",
         "bench/run --only peruser --servers ours --server-env NOTIFY_WORKERS=0   # one server, a setting of ours",
+        "bench/run --only storm --storm 5000x5000   # reconnect storms: connecting at once, a restart under load",
         "```",
         "",
         "`bench/run` installs the Node.js packages of `bench/reference` (socket.io) and `bench/clients`",
@@ -392,6 +468,16 @@ def write_docs(results: dict[str, Any], out: Path, plots: list[Path], command: s
             text += ["", "Top self time (from a second py-spy recording of raw stacks):", "", "```",
                      *top.read_text().splitlines()[:25], "```"]
         text.append("")
+    storm_flame, storm_top = PUBLISHED / "storm-flame.svg", PUBLISHED / "storm-top.txt"
+    if storm_flame.exists():
+        profile = (results.get("storm") or {}).get("profile") or {}
+        text += [f"## Profile of our server under a storm of {profile.get('sio_clients', '?')} Socket.IO clients", "",
+                 f"py-spy flame graph (`--gil`: the thread running Python): [`{os.path.relpath(storm_flame, DOCS)}`]"
+                 f"({os.path.relpath(storm_flame, DOCS)}), recorded in a separate, unmeasured storm."]
+        if storm_top.exists():
+            text += ["", "Top self time (from a second storm, recorded as raw stacks):", "", "```",
+                     *storm_top.read_text().splitlines()[:25], "```"]
+        text.append("")
     text += ["## Reading the figures", "", *[f"- {n}" for n in READING], ""]
     if results.get("notes"):
         text += ["## Notes on this run", "", *[f"- {n}" for n in results["notes"]], ""]
@@ -422,6 +508,11 @@ READING = [
     "before 2026-11-29 07:40 also decoded each event's JSON, about half of the time then measured); "
     "the database read is `SELECT id, task_id, user_email, payload FROM events "
     "ORDER BY id` through SQLAlchemy Core (the target's denominator) and through the bare driver.",
+    "Reconnect storms (issue 18): the clients' processes (at most `--clients-per-process` connections each) "
+    "load first, then all start together and each opens all of its connections at once; each measures from its "
+    "own start of connecting to its last connection made. The restart posts at `--storm-rate` per second "
+    "(2 s before the stop, `--storm-post-seconds` from the restarted server's first /healthz answer, 2 s once "
+    "every client is back); each client counts the run's events by id.",
     "The server measured is the working tree at the time of the run (commit and uncommitted files above).",
 ]
 

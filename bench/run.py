@@ -4,6 +4,7 @@
     bench/run --quick              # small sizes, about four minutes
     bench/run --only fanout,memory # some scenarios
     bench/run --postgres --redis   # our server on PostgreSQL (127.0.0.1:5432) and Redis (127.0.0.1:6379)
+    bench/run --only storm --storm 5000x5000   # reconnect storms (issue 18): connecting at once, a restart
 
 Everything is started here and stopped at the end: our server (`python app.py`, eventlet, a free
 port, a temporary database), the reference server (`node bench/reference/server.js`), an SMTP
@@ -25,14 +26,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import backlog, fanout, memory, write
+from bench import backlog, fanout, memory, storm, write
 from bench.common import BENCH, Run, log
 from bench.report import machine, markdown, report, source_tree
 
 # in the order they run, whatever the order of --only
 SCENARIOS: dict[str, Callable[[Run, dict[str, Any]], None]] = {
     "write": write.scenario, "fanout": fanout.to_all, "peruser": fanout.per_user, "memory": memory.scenario,
-    "backlog": backlog.scenario,
+    "backlog": backlog.scenario, "storm": storm.scenario,
 }
 
 
@@ -42,7 +43,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small sizes: about four minutes")
     parser.add_argument("--only", default=",".join(SCENARIOS),
                         help=f"comma-separated scenarios among {', '.join(SCENARIOS)} (default: all)")
-    parser.add_argument("--servers", default="ref,ours", help="servers of the fan-out and memory runs (ref,ours)")
+    parser.add_argument("--servers", default="ref,ours",
+                        help="servers of the fan-out, memory and storm runs (ref,ours)")
     parser.add_argument("--fanout", help="fan-out to all runs, e.g. 500x500@20,5000x5000@5 (SSExSIO@posts per s)")
     parser.add_argument("--peruser", help="per-user run, e.g. 10000@200/1000 (clients@posts per s/users)")
     parser.add_argument("--repeat", type=int, default=1,
@@ -52,6 +54,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--memory-sizes", help="idle connections per transport, e.g. 1000,5000")
     parser.add_argument("--write-seconds", type=float, help="length of each write-path measurement")
     parser.add_argument("--backlog", type=int, help="notifications in the delivery backlog and events replayed")
+    parser.add_argument("--storm", help="reconnect storm sizes, SSExSIO clients all connecting at once on each "
+                                        "server (default 1250x0,2500x0,5000x5000; quick 500x500)")
+    parser.add_argument("--storm-restart", help="clients (SSExSIO) connected while the server restarts (default: "
+                                                "the last --storm size)")
+    parser.add_argument("--storm-rate", type=float, default=2.0,
+                        help="posts per second before, during and after the restart")
+    parser.add_argument("--storm-post-seconds", type=float,
+                        help="posting time from the restarted server's first /healthz answer (default 10; quick 5)")
     parser.add_argument("--postgres", action="store_true", help="our server on PostgreSQL at 127.0.0.1:5432 "
                                                                 "(a fresh database per server)")
     parser.add_argument("--redis", action="store_true", help="our server with REDIS_URL=redis://127.0.0.1:6379/0")
@@ -77,6 +87,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.memory_sizes = [int(x) for x in (args.memory_sizes or ("200,1000" if q else "1000,5000")).split(",")]
     args.write_seconds = args.write_seconds or (5.0 if q else 15.0)
     args.backlog = args.backlog or (1000 if q else 10000)
+    args.storm = args.storm or ("500x500" if q else "1250x0,2500x0,5000x5000")
+    args.storm_restart = args.storm_restart or args.storm.split(",")[-1]
+    args.storm_post_seconds = args.storm_post_seconds or (5.0 if q else 10.0)
     args.profile = (not q) if args.profile is None else args.profile
     args.docs = (not q) if args.docs is None else args.docs
     args.only = [s.strip() for s in args.only.split(",") if s.strip()]

@@ -3,10 +3,20 @@
 //
 //   node load.js sse    --url U --clients FILE --tag TAG --out PREFIX [--max-seconds S]
 //   node load.js sio    --url U --clients FILE --tag TAG --out PREFIX [--max-seconds S]
-//        FILE: JSON [{user, token}, ...], one entry per connection. Prints "ready <connected> <failed>"
-//        once every connection has been tried, "progress <events>" every second, and on "stop" (stdin),
-//        SIGTERM or max-seconds writes PREFIX.json (per-client counts) and PREFIX.bin (float32
-//        latencies in ms: the time read minus the send time carried in the task title) and exits.
+//        [--parallel P] [--wait-go 1] [--resume 1]
+//        FILE: JSON [{user, token}, ...], one entry per connection. Prints "ready <connected> <failed>
+//        <seconds>" once every connection has been tried (seconds: from the start of connecting until then),
+//        "progress <events>" every second, and on "stop" (stdin), SIGTERM or max-seconds writes PREFIX.json
+//        (per-client counts) and PREFIX.bin (float32 latencies in ms: the time read minus the send time
+//        carried in the task title) and exits. P connections are opened at a time (default 50).
+//        --wait-go 1: print "loaded", then connect only when "go" comes on stdin (processes start together).
+//        --resume 1: reconnect as real clients do after a connection ends. SSE: after the stream's last
+//        `retry:` delay, with Last-Event-ID of the last `id:` seen, again after each network error (a non-200
+//        answer ends the client, as it ends an EventSource). Socket.IO: socket.io-client's own reconnection
+//        (default delays) with an auth function sending {token, last_event_id} (from `stream_start` and the
+//        events). Progress lines are then "progress <events> <connected now> <reconnected now>", and PREFIX.json
+//        gains `resume`: per client [connects, last connect time (ms, wall clock), events out of order,
+//        first disconnect time or null, refusals].
 //   node load.js post   --url U --token T --rate R --seconds S --tag TAG --users N --out FILE
 //        Open loop: R POST /update_task per second for S seconds; post i goes to user i % N
 //        (user<k>@example.com; N=0: one shared user, bench@example.com), title "b:TAG:<send time ms>".
@@ -57,8 +67,13 @@ function readers(transport) {
   const specs = JSON.parse(fs.readFileSync(args.clients, 'utf8'));
   const marker = `b:${args.tag}:`;
   const latencies = new Latencies();
+  const resume = args.resume === '1';
   const clients = specs.map((s) => ({ user: s.user, token: s.token, received: 0, dups: 0, seen: new Set(),
-    connected: false, failed: null, closed: false }));
+    connected: false, failed: null, closed: false,
+    // --resume: connected now, connections made, the last one's time, the last id seen and the SSE retry delay
+    up: false, connects: 0, connectedAt: null, downAt: null, lastId: null, maxId: -1, outOfOrder: 0,
+    retryMs: 2000, refused: 0 }));
+  const sio = transport === 'sio' ? require('socket.io-client') : null;
   let total = 0;
   let finished = false;
 
@@ -67,6 +82,8 @@ function readers(transport) {
       client.dups++;
       return;
     }
+    if (id < client.maxId) client.outOfOrder++;
+    else client.maxId = id;
     client.seen.add(id);
     client.received++;
     total++;
@@ -74,6 +91,7 @@ function readers(transport) {
   }
 
   function onEvent(client, event, at) { // a decoded payload (Socket.IO)
+    if (event && typeof event.id === 'number') client.lastId = event.id;
     const title = event && event.task && event.task.title;
     if (typeof title !== 'string' || !title.startsWith(marker)) return;
     count(client, event.id, Number(title.slice(marker.length)), at);
@@ -87,20 +105,42 @@ function readers(transport) {
     count(client, id, parseFloat(data.slice(k + marker.length)), at);
   }
 
+  function up(client) {
+    client.connected = true;
+    client.up = true;
+    client.connects++;
+    client.connectedAt = now();
+  }
+
+  function down(client) {
+    if (!client.up) return;
+    client.up = false;
+    if (client.downAt === null) client.downAt = now();
+  }
+
+  // --resume: as EventSource does, the next attempt after the stream's retry delay.
+  function sseAgain(client) {
+    if (finished || client.failed) return;
+    setTimeout(() => { if (!finished) connectSse(client); }, client.retryMs);
+  }
+
   function connectSse(client) {
     return new Promise((resolve) => {
       const path = `/task_updates?access_token=${encodeURIComponent(client.token)}`;
-      const req = http.get({ host: base.hostname, port: base.port, path, agent: false,
-        headers: { Accept: 'text/event-stream' } });
+      const headers = { Accept: 'text/event-stream' };
+      if (resume && client.lastId !== null) headers['Last-Event-ID'] = String(client.lastId);
+      const req = http.get({ host: base.hostname, port: base.port, path, agent: false, headers });
+      let settled = false;
       req.setTimeout(120000, () => req.destroy(new Error('connect timeout')));
       req.on('response', (res) => {
+        settled = true;
         if (res.statusCode !== 200) {
           client.failed = `HTTP ${res.statusCode}`;
           res.resume();
           return resolve();
         }
         req.setTimeout(0);
-        client.connected = true;
+        up(client);
         res.setEncoding('utf8');
         let buffer = '';
         res.on('data', (chunk) => {
@@ -115,16 +155,31 @@ function readers(transport) {
             for (const line of block.split('\n')) {
               if (line.startsWith('data:')) data = (data === null ? '' : data + '\n') + line.slice(5);
               else if (line.startsWith('id:')) id = Number(line.slice(3));
+              else if (resume && line.startsWith('retry:')) client.retryMs = Number(line.slice(6)) || client.retryMs;
             }
+            if (id !== null) client.lastId = id; // an id line without data moves it too, as in EventSource
             if (data !== null) onFrame(client, id, data, at);
           }
         });
-        res.on('close', () => { if (!finished) client.closed = true; });
+        res.on('close', () => {
+          if (finished) return;
+          if (!resume) client.closed = true;
+          else {
+            down(client);
+            sseAgain(client);
+          }
+        });
         res.on('error', () => {});
         resolve();
       });
       req.on('error', (err) => {
-        if (!client.connected) client.failed = String(err.message || err);
+        if (resume && client.connected) { // a dropped stream or a failed attempt: try again after the delay
+          if (!settled) {
+            settled = true;
+            down(client);
+            sseAgain(client);
+          }
+        } else if (!client.connected) client.failed = String(err.message || err);
         else if (!finished) client.closed = true;
         resolve();
       });
@@ -133,21 +188,40 @@ function readers(transport) {
   }
 
   function connectSio(client) {
-    const { io } = require('socket.io-client');
     return new Promise((resolve) => {
       // Like a browser, the client offers permessage-deflate unless BENCH_SIO_DEFLATE=0.
       const deflate = process.env.BENCH_SIO_DEFLATE === '0' ? { perMessageDeflate: false } : {};
-      const socket = io(base.origin, { transports: ['websocket'], reconnection: false, forceNew: true,
-        auth: { token: client.token }, timeout: 120000, ...deflate });
+      // --resume: socket.io-client's own reconnection at its default delays; each attempt's auth carries the
+      // last event id seen.
+      const auth = !resume ? { token: client.token }
+        : (cb) => cb(client.lastId === null ? { token: client.token }
+          : { token: client.token, last_event_id: client.lastId });
+      const socket = sio.io(base.origin, { transports: ['websocket'], reconnection: resume, forceNew: true,
+        auth, timeout: 120000, ...deflate });
       socket.on('connect', () => {
-        client.connected = true;
+        up(client);
         resolve();
       });
       socket.on('connect_error', (err) => {
+        if (resume && client.connected) {
+          // The manager retries a broken transport by itself; a refusal by the server (socket.active false)
+          // it leaves to the application, which tries again as socket.io's docs show, after a second.
+          if (!socket.active && !finished) {
+            client.refused++;
+            setTimeout(() => { if (!finished) socket.connect(); }, 1000);
+          }
+          return;
+        }
         client.failed = String(err.message || err);
         resolve();
       });
-      socket.on('disconnect', () => { if (!finished && client.connected) client.closed = true; });
+      socket.on('disconnect', () => {
+        if (resume) down(client);
+        else if (!finished && client.connected) client.closed = true;
+      });
+      socket.on('stream_start', (start) => {
+        if (start && typeof start.last_event_id === 'number') client.lastId = start.last_event_id;
+      });
       socket.on('task_update', (event) => onEvent(client, event, now()));
       client.close = () => socket.close();
     });
@@ -167,6 +241,10 @@ function readers(transport) {
       per_client: clients.map((c) => [c.user, c.received, c.dups, c.connected ? 1 : 0]),
       latencies: latencies.n,
     };
+    if (resume) {
+      summary.resume = clients.map((c) => [c.connects, c.connectedAt, c.outOfOrder, c.downAt, c.refused]);
+      summary.up_at_end = clients.filter((c) => c.up).length;
+    }
     fs.writeFileSync(args.out + '.bin', Buffer.from(latencies.buf.buffer, 0, latencies.n * 4));
     fs.writeFileSync(args.out + '.json', JSON.stringify(summary));
     for (const c of clients) if (c.close) try { c.close(); } catch (err) { /* closing */ }
@@ -174,19 +252,38 @@ function readers(transport) {
     setTimeout(() => process.exit(0), 200);
   }
 
-  (async () => {
+  async function start() {
     const connect = transport === 'sse' ? connectSse : connectSio;
     const parallel = Number(args.parallel || 50);
+    const started = now();
     let next = 0;
     async function lane() {
       while (next < clients.length) await connect(clients[next++]);
     }
     await Promise.all(Array.from({ length: parallel }, lane));
     const ok = clients.filter((c) => c.connected).length;
-    console.log(`ready ${ok} ${clients.length - ok}`);
-    setInterval(() => console.log(`progress ${total}`), 1000);
-  })();
-  process.stdin.on('data', (d) => { if (String(d).includes('stop')) finish('stop'); });
+    console.log(`ready ${ok} ${clients.length - ok} ${((now() - started) / 1000).toFixed(3)}`);
+    setInterval(() => {
+      if (!resume) return console.log(`progress ${total}`);
+      let upNow = 0;
+      let back = 0;
+      for (const c of clients) {
+        if (c.up) upNow++;
+        if (c.up && c.connects > 1) back++;
+      }
+      console.log(`progress ${total} ${upNow} ${back}`);
+    }, 1000);
+  }
+  let going = args['wait-go'] !== '1';
+  if (going) start();
+  else console.log('loaded');
+  process.stdin.on('data', (d) => {
+    if (!going && String(d).includes('go')) {
+      going = true;
+      start();
+    }
+    if (String(d).includes('stop')) finish('stop');
+  });
   process.on('SIGTERM', () => finish('sigterm'));
   setTimeout(() => finish('max-seconds'), maxSeconds * 1000);
 }
