@@ -151,6 +151,12 @@ def main() -> None:
         raise SystemExit(f"ASYNC_MODE must be eventlet, gevent or threading, not {mode!r}")
     if mode != "threading" and (settings["DATABASE_URL"] or "").startswith(("postgres", "postgresql")):
         db.cooperative_postgres()
+    listener = None
+    if mode != "threading":
+        try:
+            listener = httpserver.listen(settings["HOST"], settings["PORT"], settings["LISTEN_BACKLOG"])
+        except OSError as exc:
+            raise SystemExit(f"cannot listen on {settings['HOST']}:{settings['PORT']}: {exc.strerror or exc}") from None
     app = create_app({"ASYNC_MODE": mode})
     start(app)
     socketio = app.extensions["socketio"]
@@ -184,8 +190,7 @@ def main() -> None:
     else:
         limits = httpserver.Limits(settings["HEADER_TIMEOUT_SECONDS"], settings["KEEPALIVE_IDLE_SECONDS"])
         fence = fences.of(app)
-        httpserver.serve(app, settings["HOST"], settings["PORT"], mode, max_connections=settings["MAX_CONNECTIONS"],
-                         limits=limits, guards=fence.check("http-guards", mode),
-                         lean_buffers=mode == "eventlet" and fence.check("lean-buffers"),
-                         backlog=settings["LISTEN_BACKLOG"])
+        httpserver.serve(app, listener, mode, max_connections=settings["MAX_CONNECTIONS"], limits=limits,
+                         guards=fence.check("http-guards", mode),
+                         lean_buffers=mode == "eventlet" and fence.check("lean-buffers"))
     _stop_and_exit()

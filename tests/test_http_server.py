@@ -182,6 +182,23 @@ def test_a_burst_of_connections_waits_in_the_listening_queue_not_in_tcp_retransm
         sock.close()
 
 
+def test_a_second_server_on_a_port_in_use_stops_with_one_line_and_the_first_keeps_every_connection(
+        start_server, tmp_path):
+    """eventlet.listen sets SO_REUSEPORT by default: a second server would share the port's connections at random,
+    with a broker of its own, so a stream and the write it waits for could land in different processes."""
+    first = start_server(NOTIFY_WORKERS="1")
+    env = {**os.environ, **first.env, "PORT": str(first.port), "HOST": "127.0.0.1",
+           "INSTANCE_PATH": str(tmp_path / "second")}
+    second = subprocess.run([sys.executable, "app.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    lines = second.stderr.strip().splitlines()
+    assert second.returncode == 1 and lines[-1] == f"cannot listen on 127.0.0.1:{first.port}: Address already in use", (
+        second.stderr[-2000:])
+    assert "Traceback" not in second.stderr
+    listening = subprocess.run(["ss", "-Hltn", f"sport = :{first.port}"], capture_output=True, text=True, check=True)
+    assert len(listening.stdout.strip().splitlines()) == 1, listening.stdout
+    assert requests.get(first.url + "/healthz", timeout=10).status_code == 200
+
+
 def test_the_listening_backlog_is_a_setting(start_server):
     server = start_server(NOTIFY_WORKERS="1", LISTEN_BACKLOG="123")
     listening = subprocess.run(["ss", "-Hltn", f"sport = :{server.port}"], capture_output=True, text=True, check=True)
@@ -342,7 +359,8 @@ def app(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/event-stream")])
     return body()
 
-httpserver.serve(app, "127.0.0.1", port, mode, max_connections=10, limits=httpserver.Limits(10, 75))
+httpserver.serve(app, httpserver.listen("127.0.0.1", port), mode, max_connections=10,
+                 limits=httpserver.Limits(10, 75))
 """
 
 

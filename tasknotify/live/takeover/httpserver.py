@@ -392,35 +392,46 @@ def listen_backlog(wanted: int = 0) -> int:
         return socket.SOMAXCONN
 
 
-def serve(app: Any, host: str, port: int, mode: str, *, max_connections: int, limits: Limits, guards: bool = True,
-          lean_buffers: bool = True, backlog: int = 0) -> None:
-    """Serve the WSGI app on host:port with eventlet's or gevent's server, guarded, until the process stops.
+def listen(host: str, port: int, backlog: int = 0) -> Any:
+    """The server's listening socket, bound and listening (a green one: the process is patched).
 
-    guards and lean_buffers off: the fallbacks of the self-check (fences.py). backlog: see listen_backlog.
+    SO_REUSEADDR lets a restarted server bind while the old one's connections linger
+    in TIME_WAIT. Never SO_REUSEPORT, which eventlet.listen sets by default: with it
+    a second server started on the same port would share its connections at random,
+    each process with its own in-process broker, instead of failing to start.
+    OSError when the address is taken. backlog: see listen_backlog.
+    """
+    import socket
+
+    family, kind, proto, _name, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    listener = socket.socket(family, kind, proto)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen(listen_backlog(backlog))
+    except OSError:
+        listener.close()
+        raise
+    return listener
+
+
+def serve(app: Any, listener: Any, mode: str, *, max_connections: int, limits: Limits, guards: bool = True,
+          lean_buffers: bool = True) -> None:
+    """Serve the WSGI app on listener (see listen) with eventlet's or gevent's server, guarded, until the process
+    stops.
+
+    guards and lean_buffers off: the fallbacks of the self-check (fences.py).
     """
     if mode == "eventlet":
-        _serve_eventlet(app, host, port, max_connections, eventlet_protocol(limits, guards, lean_buffers),
-                        listen_backlog(backlog))
+        # As Flask-SocketIO's run() does, with the guarded protocol and no traceback in a 500's body.
+        from eventlet import wsgi
+
+        wsgi.server(listener, app, max_size=max_connections, protocol=eventlet_protocol(limits, guards, lean_buffers),
+                    log_output=False, debug=False)
     elif mode == "gevent":
-        _serve_gevent(app, host, port, gevent_handler(limits, guards), listen_backlog(backlog))
+        # As Flask-SocketIO's run() does, with the guarded handler.
+        from gevent import pywsgi
+
+        pywsgi.WSGIServer(listener, app, handler_class=gevent_handler(limits, guards), log=None).serve_forever()
     else:
         raise ValueError(f"no guarded server for {mode!r}")
-
-
-def _serve_eventlet(app: Any, host: str, port: int, max_connections: int, protocol: type, backlog: int) -> None:
-    # As Flask-SocketIO's run() does, with the guarded protocol, no traceback in a 500's body (debug=False)
-    # and a listening queue of backlog rather than eventlet's 50.
-    import eventlet
-    from eventlet import wsgi
-    from eventlet.green import socket
-
-    family, _type, _proto, _name, address = socket.getaddrinfo(host, port)[0]
-    listener = eventlet.listen(address, family, backlog=backlog)
-    wsgi.server(listener, app, max_size=max_connections, protocol=protocol, log_output=False, debug=False)
-
-
-def _serve_gevent(app: Any, host: str, port: int, handler: type, backlog: int) -> None:
-    # As Flask-SocketIO's run() does, with the guarded handler and a listening queue of backlog.
-    from gevent import pywsgi
-
-    pywsgi.WSGIServer((host, port), app, handler_class=handler, log=None, backlog=backlog).serve_forever()
