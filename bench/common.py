@@ -349,6 +349,21 @@ class Readers:
         return summary, latencies
 
 
+def drain(readers: list[Readers], expected: int, timeout: float) -> None:
+    """Wait until the readers have counted expected events in all, or nothing more came for 15 s."""
+    started = time.monotonic()
+    last, last_change = -1, time.monotonic()
+    while time.monotonic() - started < timeout:
+        got = sum(r.progress for r in readers)
+        if got >= expected:
+            return
+        if got != last:
+            last, last_change = got, time.monotonic()
+        elif time.monotonic() - last_change > 15:
+            return
+        time.sleep(0.5)
+
+
 def node_tool(run: Run, name: str, mode: str, url: str, timeout: float, **options: Any) -> dict[str, Any]:
     """Run load.js in a mode that ends by itself; return what it wrote."""
     out = run.tmp / f"{name}.json"

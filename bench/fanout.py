@@ -22,6 +22,7 @@ from bench.common import (
     Readers,
     Run,
     cpu_seconds,
+    drain,
     log,
     make_server,
     mint,
@@ -136,16 +137,7 @@ def fanout(run: Run, kind: str, sse: int, sio: int, rate: float, seconds: float,
         for spec in sse_specs + sio_specs:
             total_expected += posts["ok"] if not users else per_user.get(spec["user"], 0)
         drain_started = time.monotonic()
-        last, last_change = -1, time.monotonic()
-        while time.monotonic() - drain_started < run.args.drain_seconds:
-            got = sum(r.progress for r in readers)
-            if got >= total_expected:
-                break
-            if got != last:
-                last, last_change = got, time.monotonic()
-            elif time.monotonic() - last_change > 15:
-                break
-            time.sleep(0.5)
+        drain(readers, total_expected, run.args.drain_seconds)
         drain_seconds = time.monotonic() - drain_started
         if profiler is not None:
             profiler.join(120)

@@ -34,6 +34,7 @@ from bench.common import (
     TRANSPORTS,
     Readers,
     Run,
+    drain,
     log,
     make_server,
     mint,
@@ -270,21 +271,6 @@ def restart(run: Run, kind: str, sse: int, sio: int) -> dict[str, Any]:
             if r.proc.poll() is None:
                 r.proc.kill()
         server.stop()
-
-
-def drain(readers: list[Readers], expected: int, timeout: float) -> None:
-    """Wait until the readers have counted expected events in all, or nothing more came for 15 s."""
-    started = time.monotonic()
-    last, last_change = -1, time.monotonic()
-    while time.monotonic() - started < timeout:
-        got = sum(r.progress for r in readers)
-        if got >= expected:
-            return
-        if got != last:
-            last, last_change = got, time.monotonic()
-        elif time.monotonic() - last_change > 15:
-            return
-        time.sleep(0.5)
 
 
 def profiled(run: Run, sio: int) -> dict[str, Any]:

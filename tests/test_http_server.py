@@ -392,8 +392,10 @@ def test_an_error_escaping_the_app_is_answered_without_its_traceback(tmp_path):
         assert answer.body == b""
 
 
-@pytest.mark.parametrize("name, value", [("HEADER_TIMEOUT_SECONDS", "0"), ("KEEPALIVE_IDLE_SECONDS", "soon")])
-def test_a_bad_timeout_setting_stops_the_server_with_one_line(tmp_path, name, value):
+@pytest.mark.parametrize("name, value", [("HEADER_TIMEOUT_SECONDS", "0"), ("KEEPALIVE_IDLE_SECONDS", "soon"),
+                                         ("LISTEN_BACKLOG", "-1"), ("LISTEN_BACKLOG", "1e9"),
+                                         ("SSE_RETRY_SPREAD_MS", "-5"), ("SSE_RETRY_SPREAD_MS", "many")])
+def test_a_bad_server_setting_stops_the_server_with_one_line(tmp_path, name, value):
     refused = subprocess.run([sys.executable, "app.py"], cwd=ROOT, capture_output=True, text=True, timeout=60,
                              env={"PATH": "/usr/bin:/bin", name: value, "INSTANCE_PATH": str(tmp_path),
                                   "PORT": str(free_port())})
