@@ -191,6 +191,42 @@ def test_subscriptions_past_the_cap_are_refused_and_change_nothing():
         hub.subscribe("sid", "a")
 
 
+class DeferredSocketIO(FakeSocketIO):
+    """Background tasks kept until run, and what is emitted, recorded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tasks: list[tuple[Any, tuple[Any, ...]]] = []
+        self.emitted: list[tuple[str, Any]] = []
+
+    def start_background_task(self, target: Any, *args: Any) -> None:
+        self.tasks.append((target, args))
+
+    def emit(self, event: str, data: Any = None, to: str | None = None, **_kwargs: Any) -> None:
+        self.emitted.append((event, to))
+
+
+def test_clients_connecting_together_are_attached_by_one_task_and_a_replay_by_its_own():
+    """A reconnect storm: one task attaches the clients that connected meanwhile (a task each cost more than the
+    rest of a Socket.IO connect), in order; a client with events to replay does not hold up the others."""
+    socketio = DeferredSocketIO()
+    hub = streams.StreamHub(socketio, store=None, broker=None, direct_writes=False,  # type: ignore[arg-type]
+                            max_subscriptions=10)
+    hub._position = 7  # the last event emitted to the rooms
+    for n in range(100):
+        hub.connect(f"s{n}", Viewer(email=None), 3 if n == 50 else None)
+    assert len(socketio.tasks) == 1
+    target, args = socketio.tasks.pop()
+    target(*args)
+    fresh = [f"s{n}" for n in range(100) if n != 50]
+    assert socketio.emitted == [("stream_start", sid) for sid in fresh]
+    assert socketio.server.calls == [("enter", sid, "all") for sid in fresh]
+    [(replay_target, replay_args)] = socketio.tasks
+    assert replay_args == ("s50", 3)  # from its own last event id, in a task of its own
+    hub.connect("late", Viewer(email=None), None)
+    assert len(socketio.tasks) == 2  # the first task had finished: a new one
+
+
 @pytest.mark.parametrize("raw", ["0", "-5", "many"])
 def test_a_bad_subscription_cap_stops_the_configuration(raw):
     with pytest.raises(ValueError, match="MAX_SUBSCRIPTIONS_PER_CONNECTION"):

@@ -15,7 +15,7 @@ import logging
 import random
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum, auto
@@ -284,6 +284,8 @@ class StreamHub:
         self._lock = threading.Lock()
         self._clients: dict[str, _Client] = {}
         self._position = 0  # the id of the last event emitted to the rooms
+        self._to_attach: deque[tuple[str, int]] = deque()  # (sid, stream start) of clients just connected
+        self._attaching = False  # a task attaches them (_attach_connected)
         self._stopping = threading.Event()
         self._state = HubState.NEW
         self._sse_open = 0
@@ -399,8 +401,30 @@ class StreamHub:
             if viewer.expires_at is not None:
                 heapq.heappush(self._expiries, (viewer.expires_at, sid))
             start = self._position if last_event_id is None else last_event_id
-        # After the connect handler has returned, so the client has its CONNECT packet first.
-        self.socketio.start_background_task(self._attach, sid, start)
+            self._to_attach.append((sid, start))
+            idle, self._attaching = not self._attaching, True
+        # After the connect handler has returned, so the client has its CONNECT packet first; one
+        # task for the clients that connect meanwhile (a reconnect storm), not one each.
+        if idle:
+            self.socketio.start_background_task(self._attach_connected)
+
+    def _attach_connected(self) -> None:
+        """Attach the clients that connected, in order, until none is left; a client with a replay in a task of
+        its own, so that it holds up no other."""
+        while True:
+            with self._lock:
+                if not self._to_attach:
+                    self._attaching = False
+                    return
+                sid, start = self._to_attach.popleft()
+                replays = start < self._position
+            try:
+                if replays:
+                    self.socketio.start_background_task(self._attach, sid, start)
+                else:
+                    self._attach(sid, start)
+            except Exception:  # noqa: BLE001 - one client's failure must not leave the next ones unattached
+                logger.exception("attaching Socket.IO client %s failed", sid)
 
     def _attach(self, sid: str, last_event_id: int) -> None:
         """Tell the client where its stream starts, replay what it missed, then put it in its rooms.
