@@ -182,6 +182,11 @@ function kindOf(status: number | undefined, code: string | undefined): TaskUpdat
   return 'refused';
 }
 
+/** A delay spread at random over half to one and a half times itself, as socket.io-client's randomizationFactor 0.5. */
+function spread(ms: number): number {
+  return Math.round(ms * (0.5 + Math.random()));
+}
+
 // -- Socket.IO ------------------------------------------------------------------------------------
 
 function openSocketIo(options: TaskUpdatesOptions, hooks: Hooks): () => void {
@@ -262,7 +267,7 @@ function openSocketIo(options: TaskUpdatesOptions, hooks: Hooks): () => void {
         // Full, or the identity provider's keys are out of reach: worth another try later.
         hooks.failure(err);
         hooks.state(opened ? 'reconnecting' : 'connecting');
-        retryTimer = setTimeout(() => socket.connect(), reconnectDelay);
+        retryTimer = setTimeout(() => socket.connect(), spread(reconnectDelay));
       } else {
         hooks.error(new TaskUpdatesError(err.message, kindOf(undefined, code), 'socketio', undefined, code));
       }
@@ -320,8 +325,9 @@ function openSse(options: TaskUpdatesOptions, hooks: Hooks): () => void {
     hooks.error(err);
   };
 
+  // Every wait but a renewal's is spread at random, so clients that lost the server together come back spread out.
   const schedule = (delayMs?: number, state?: ConnectionState): void => {
-    const delay = delayMs ?? Math.min(maxDelay, baseDelay * 2 ** Math.max(0, failures - 1));
+    const delay = delayMs ?? spread(Math.min(maxDelay, baseDelay * 2 ** Math.max(0, failures - 1)));
     hooks.state(state ?? (everOpened ? 'reconnecting' : 'connecting'));
     timer = setTimeout(() => void connect(), delay);
   };
@@ -365,7 +371,8 @@ function openSse(options: TaskUpdatesOptions, hooks: Hooks): () => void {
       return;
     }
     if (status !== undefined && status !== 200) hooks.failure(new Error(`SSE ${status}: ${message}`));
-    schedule(retryAfter !== undefined ? retryAfter * 1000 : undefined);
+    // Never before the server's Retry-After, and up to half of it later.
+    schedule(retryAfter !== undefined ? retryAfter * 1000 * (1 + Math.random() / 2) : undefined);
   };
 
   const connect = async (): Promise<void> => {
@@ -429,7 +436,7 @@ function openSse(options: TaskUpdatesOptions, hooks: Hooks): () => void {
       failures += 1;
       if (opened) {
         hooks.failure(new Error('the event stream was interrupted'));
-        schedule(Math.min(baseDelay, maxDelay));
+        schedule(spread(Math.min(baseDelay, maxDelay)));
       } else {
         hooks.state(everOpened ? 'reconnecting' : 'connecting');
         void diagnose(target);

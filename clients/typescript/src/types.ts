@@ -58,7 +58,7 @@ export interface TaskUpdatesOptions {
   taskIds?: readonly string[];
   /** Resume after this event id: the first subscription then receives every later event first. */
   lastEventId?: number | null;
-  /** Delay before the first reconnect attempt, doubled up to maxReconnectDelayMs (SSE; Socket.IO's own). */
+  /** Delay before the first reconnect attempt, doubled up to maxReconnectDelayMs, each wait spread over 0.5-1.5x. */
   reconnectDelayMs?: number;
   maxReconnectDelayMs?: number;
   /** SSE only: the EventSource implementation (defaults to globalThis.EventSource). */

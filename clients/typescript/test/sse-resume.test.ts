@@ -1,5 +1,5 @@
 /** The SSE side's own bookkeeping, with a scripted EventSource: the URL it resumes with, duplicates, probes. */
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 
 import { type EventSourceConstructor, type TaskEvent, TaskUpdatesError, taskUpdates } from '../src/index.js';
 
@@ -162,6 +162,36 @@ describe('SSE resume bookkeeping', () => {
     expect(states).toEqual(['closed', 'connecting', 'open']);
     sub.unsubscribe();
     expect(states.at(-1)).toBe('closed');
+  });
+});
+
+describe('reconnect delays', () => {
+  afterEach(() => vi.restoreAllMocks());
+
+  // What the client waits before it comes back after a stream that was open fails, with Math.random() at `random`.
+  async function delayAfterAFailure(random: number): Promise<number> {
+    FakeEventSource.made = [];
+    vi.spyOn(Math, 'random').mockReturnValue(random);
+    const sub = taskUpdates({
+      baseUrl: 'http://api.test',
+      transport: 'sse',
+      eventSource: FakeEventSource as unknown as EventSourceConstructor,
+      reconnectDelayMs: 1000,
+    }).subscribe();
+    await tick();
+    FakeEventSource.made[0]!.open();
+    const timeouts = vi.spyOn(globalThis, 'setTimeout');
+    FakeEventSource.made[0]!.fail();
+    const delays = timeouts.mock.calls.map(([, ms]) => ms);
+    sub.unsubscribe();
+    return delays[0] as number;
+  }
+
+  it('spreads a reconnect over half to one and a half times reconnectDelayMs, as socket.io-client does', async () => {
+    // After a server restart every client loses its stream at once: a fixed delay would bring them all back together.
+    expect(await delayAfterAFailure(0)).toBe(500);
+    expect(await delayAfterAFailure(0.5)).toBe(1000);
+    expect(await delayAfterAFailure(0.999)).toBe(1499);
   });
 });
 
