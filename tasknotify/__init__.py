@@ -6,7 +6,8 @@
 - live/: the live streams (broker, Redis broker, SSE and Socket.IO hub, rooms); live/takeover/ holds
   every module that reaches into eventlet's, python-engineio's or python-socketio's internals
 
-Dependencies run one way: api -> store, delivery, live -> events, config, errors
-(with fences and heap beside them). factory.py assembles the app; app.py at the
-top of the repository is its entry point.
+Dependencies run one way: api -> delivery | live -> store -> the base modules (config,
+errors, events, fences, heap, ids, jwks, preference_document, tokens); lint-imports checks
+it (pyproject.toml). factory.py assembles the app; app.py at the top of the repository
+is its entry point.
 """

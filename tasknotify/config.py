@@ -191,7 +191,7 @@ def as_trusted_proxies(value: str) -> ProxyTrust:
 
 def as_event_types(value: str) -> list[str]:
     """A comma-separated list of task event types (empty: none)."""
-    from tasknotify.api.schemas import EVENT_TYPES
+    from tasknotify.preference_document import EVENT_TYPES
 
     types = as_list(value)
     unknown = [t for t in types if t not in EVENT_TYPES]
@@ -201,13 +201,13 @@ def as_event_types(value: str) -> list[str]:
 
 
 def as_digest_seconds(value: str) -> int:
-    from tasknotify.api.schemas import check_digest_seconds
+    from tasknotify.preference_document import check_digest_seconds
 
     return check_digest_seconds(as_int(value))
 
 
 def as_timezone(value: str) -> str:
-    from tasknotify.api.schemas import check_timezone
+    from tasknotify.preference_document import check_timezone
 
     return check_timezone(value.strip())
 
@@ -230,17 +230,6 @@ def as_public_url(value: str) -> str:
             or not url.isascii() or any(c.isspace() or c in '<>"' for c in url):
         raise ValueError("expected an http(s) URL such as https://tasks.example.com")
     return url
-
-
-def as_templates_dir(value: str) -> str:
-    """A folder of email templates that override the package's; each one must render (checked at start)."""
-    from tasknotify.delivery.templates import EmailTemplates, TemplateProblem
-
-    try:
-        EmailTemplates(value).check()
-    except TemplateProblem as exc:
-        raise ValueError(str(exc)) from None
-    return value
 
 
 # name -> (default, parser). Every name here is an environment variable of the same
@@ -307,7 +296,8 @@ SETTINGS: dict[str, tuple[Any, Callable[[str], Any]]] = {
     "MAX_SUBSCRIPTIONS_PER_CONNECTION": (100, as_positive_int),
     "LOG_LEVEL": ("INFO", as_str),
     "PUBLIC_URL": (None, as_public_url),
-    "EMAIL_TEMPLATES_DIR": (None, as_templates_dir),
+    # Each template must render: factory.load_settings checks them with delivery's as_templates_dir.
+    "EMAIL_TEMPLATES_DIR": (None, as_str),
     "DEFAULT_EMAIL_ENABLED": (True, as_bool),
     "DEFAULT_EMAIL_EVENTS": (["task.created", "task.updated", "task.deleted"], as_event_types),
     "DEFAULT_DIGEST_SECONDS": (0, as_digest_seconds),
@@ -318,11 +308,17 @@ SETTINGS: dict[str, tuple[Any, Callable[[str], Any]]] = {
 }
 
 
-def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Return every setting: its default, overridden by the environment variable of its name."""
+def load_config(environ: Mapping[str, str] | None = None,
+                parsers: Mapping[str, Callable[[str], Any]] | None = None) -> dict[str, Any]:
+    """Return every setting: its default, overridden by the environment variable of its name.
+
+    parsers: parsers of some settings, used instead of SETTINGS' (a layer above checks them its way).
+    """
     environ = os.environ if environ is None else environ
+    parsers = parsers or {}
     config: dict[str, Any] = {}
     for name, (default, parse) in SETTINGS.items():
+        parse = parsers.get(name, parse)
         raw = environ.get(name)
         if raw is None or raw == "":
             config[name] = default

@@ -6,6 +6,7 @@ else is imported, then calls main(). Imported (by `flask --app app`, by
 tests), nothing is patched and the app runs in Flask-SocketIO's threading mode.
 """
 
+import functools
 import logging
 import os
 import resource
@@ -25,8 +26,9 @@ from tasknotify.api import preferences as preferences_api
 from tasknotify.api import tasks as tasks_api
 from tasknotify.config import ROOT, load_config
 from tasknotify.delivery import worker as notifications
+from tasknotify.delivery.templates import as_templates_dir
 from tasknotify.live import streams
-from tasknotify.live.broker import Broker, InMemoryBroker, RelayedBroker
+from tasknotify.live.broker import Broker, InMemoryBroker, RelayedBroker, WakeUps
 from tasknotify.live.takeover import httpserver
 from tasknotify.store import migrate
 from tasknotify.store import store as db
@@ -57,9 +59,14 @@ class App(Flask):
         return super().create_url_adapter(request)
 
 
+def load_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Every setting (config.load_config), the email templates of EMAIL_TEMPLATES_DIR checked by delivery."""
+    return load_config(environ, parsers={"EMAIL_TEMPLATES_DIR": as_templates_dir})
+
+
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app: defaults, then the environment, then config. Nothing runs until start(app)."""
-    settings = load_config()
+    settings = load_settings()
     settings.setdefault("ASYNC_MODE", "threading")
     settings.update(config or {})
     # No static folder: the live page is served by pages.py, with its security policy.
@@ -87,9 +94,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     broker = make_broker(app.config, store)
     app.extensions["broker"] = broker
     observer = metrics.Metrics()
-    worker = notifications.init_app(app, store, observer)
+    # With a shared broker, `flask worker` is woken by the events other processes commit.
+    wake_ups = WakeUps(broker) if app.config.get("REDIS_URL") else None
+    worker = notifications.init_app(app, store, observer, wake_ups)
     app.extensions["outbox"] = db.Outbox(notifications.outbox_targets(worker.channels, app.config))
-    hub = streams.init_app(app, store, broker)
+    hub = streams.init_app(app, store, broker, functools.partial(auth.authenticate, allow_query_token=True))
     tasks_api.init_app(app)
     preferences_api.init_app(app)
     app.register_blueprint(openapi.bp)
@@ -142,7 +151,7 @@ def raise_open_files_limit(wanted: int) -> int:
 
 def main() -> None:
     try:
-        settings = load_config()
+        settings = load_settings()
     except ValueError as exc:
         raise SystemExit(f"configuration: {exc}") from None
     logging.basicConfig(level=settings["LOG_LEVEL"], format="%(asctime)s %(levelname)s %(name)s: %(message)s")

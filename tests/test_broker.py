@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from tasknotify.events import Event
-from tasknotify.live.broker import EndReason, InMemoryBroker, SubscriptionClosed
+from tasknotify.live.broker import EndReason, InMemoryBroker, SubscriptionClosed, WakeUps
 
 
 def event(n: int, user: str = "a@example.com", task: str = "t") -> Event:
@@ -84,6 +84,22 @@ def test_close_wakes_a_waiting_reader():
     reader.join(5)
     assert outcome == ["closed"]
     broker.close()  # idempotent
+
+
+def test_wake_ups_come_with_each_event_and_after_a_subscription_is_cut():
+    """What wakes `flask worker`: an event, or a subscription cut (events may have passed unseen), then events again."""
+    broker = InMemoryBroker(queue_size=2)
+    wake_ups = WakeUps(broker)
+    assert wake_ups.wait(0) is False and broker.subscriber_count == 1  # subscribed at the first wait
+    broker.publish(event(1))
+    assert wake_ups.wait(0) is True and wake_ups.wait(0) is False
+    for n in range(2, 6):
+        broker.publish(event(n))  # more than its queue holds: the subscription is cut
+    assert wake_ups.wait(0) is True  # told once, and subscribed again
+    broker.publish(event(6))
+    assert wake_ups.wait(0) is True and wake_ups.wait(0) is False
+    wake_ups.close()
+    assert broker.subscriber_count == 0
 
 
 def test_the_sse_frame_is_encoded_once():

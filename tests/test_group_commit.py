@@ -78,7 +78,7 @@ def queue_behind_a_commit(db: FakeDatabase, group: GroupCommit, names: list[str]
     wait_for(db.in_commit.is_set, 5, "the first commit to start")
     for queued, name in enumerate(names, start=1):
         threads.append(start(group, name, outcomes, after_commit, (fails or {}).get(name)))
-        wait_for(lambda n=queued: len(group._queue) == n, 5, f"{name} to queue")
+        wait_for(lambda n=queued: group.waiting == n, 5, f"{name} to queue")
     db.hold.set()
     for thread in threads:
         thread.join(10)
@@ -168,30 +168,34 @@ def test_a_missing_task_fails_alone(store: Store):
     assert event.id == 1
 
 
+class Killed(BaseException):
+    """What a green thread killed while it waits receives (GreenletExit, say)."""
+
+
+class KillsTheFirstWaiter:
+    """The write lock, held by another writer (a worker's claim) when the first writer comes to wait for it: that
+    writer is killed while it waits; the lock is free for the next."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.killed = False
+
+    def __enter__(self) -> None:
+        if not self.killed:
+            self.killed = True
+            raise Killed()
+        self.lock.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.lock.release()
+
+
 def test_a_leader_killed_before_its_turn_hands_the_lead_on():
     db = FakeDatabase()
-    lock = threading.Lock()
-    group = GroupCommit(lock, db.transaction)
+    group = GroupCommit(KillsTheFirstWaiter(), db.transaction)
     outcomes: dict[str, Any] = {}
-    lock.acquire()  # a worker's claim holds the write lock
-
-    class Killed(BaseException):
-        pass
-
-    real_lock = group._lock
-
-    class KilledWhileWaiting:
-        def __enter__(self) -> None:
-            raise Killed()
-
-        def __exit__(self, *exc: Any) -> None:
-            pass
-
-    group._lock = KilledWhileWaiting()
     with pytest.raises(Killed):
         group.run(writer("killed"), lambda e: None)
-    group._lock = real_lock
-    lock.release()
     thread = start(group, "next", outcomes, lambda event: None)
     thread.join(10)
     assert outcomes == {"next": "result next"}

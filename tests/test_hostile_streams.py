@@ -8,11 +8,11 @@ from typing import Any, ClassVar
 import pytest
 
 from db import MAX_ID
-from tasknotify.api import schemas
-from tasknotify.api.auth import Viewer
+from tasknotify import ids
 from tasknotify.config import load_config
 from tasknotify.errors import APIError
 from tasknotify.live import streams
+from tasknotify.tokens import Viewer
 
 # -- event ids -----------------------------------------------------------------------------
 
@@ -58,9 +58,9 @@ def test_the_task_id_rule_is_the_pattern_minus_dot_segments():
     for length in range(1, 5):
         for chars in itertools.product(alphabet, repeat=length):
             name = "".join(chars)
-            assert schemas.is_task_id(name) is (name not in (".", "..")), name
-    assert schemas.is_task_id("x" * 64) and not schemas.is_task_id("x" * 65)
-    assert not schemas.is_task_id("a/b") and not schemas.is_task_id("a\n") and not schemas.is_task_id(7)
+            assert ids.is_task_id(name) is (name not in (".", "..")), name
+    assert ids.is_task_id("x" * 64) and not ids.is_task_id("x" * 65)
+    assert not ids.is_task_id("a/b") and not ids.is_task_id("a\n") and not ids.is_task_id(7)
 
 
 @pytest.mark.parametrize("task_id", [".", ".."])

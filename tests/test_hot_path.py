@@ -7,7 +7,8 @@ import threading
 import pytest
 from flask import session
 
-from tasknotify.api import ratelimit, schemas
+from tasknotify import ids
+from tasknotify.api import ratelimit
 from tasknotify.errors import APIError
 
 ORIGINAL = {"task_id": "123", "user_email": "test@example.com"}
@@ -22,17 +23,17 @@ def test_requests_open_no_cookie_session(app, client):
 
 
 def test_an_address_is_checked_once_and_a_refusal_is_not_remembered(client):
-    schemas._email.cache_clear()
+    ids.canonical_email.cache_clear()
     for _ in range(3):
         assert client.post("/update_task", json={**ORIGINAL, "user_email": "Same@Example.com"}).status_code == 200
-    info = schemas._email.cache_info()
+    info = ids.canonical_email.cache_info()
     assert (info.misses, info.hits) == (1, 2)
     for _ in range(2):
         refused = client.post("/update_task", json={**ORIGINAL, "user_email": "not-an-address"})
         assert refused.status_code == 422
         assert refused.get_json()["error"]["details"][0]["field"] == "user_email"
         assert "valid email address" in refused.get_json()["error"]["details"][0]["message"]
-    assert schemas._email.cache_info().currsize == 1
+    assert ids.canonical_email.cache_info().currsize == 1
 
 
 def test_memory_limit_sweeps_once_a_second_not_after_every_hit():

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from support import ROOT, LiveServer, free_port, wait_for
-from tasknotify.api import jwks
+from tasknotify import jwks
 from tasknotify.config import load_config
 
 AUDIENCE = "tasks-api"

@@ -179,8 +179,8 @@ def test_lifecycle_is_explicit(store):
 
 def test_a_claim_that_only_holds_rows_does_not_make_the_workers_wait(store):
     """Rows folded into a digest are work done: the workers claim the next ones at once, not after a poll."""
-    from tasknotify.api.schemas import Preferences
     from tasknotify.delivery import preferences
+    from tasknotify.preference_document import Preferences
 
     preferences.save(store, "a@example.com", Preferences.model_validate(
         {"email": {"enabled": True, "events": ["task.created", "task.updated", "task.deleted"],
@@ -205,7 +205,7 @@ def held(store: Store) -> int:
 
 
 def every_type(digest_seconds: int = 0, enabled: bool = True):
-    from tasknotify.api.schemas import Preferences
+    from tasknotify.preference_document import Preferences
 
     return Preferences.model_validate({"email": {"enabled": enabled, "digest_seconds": digest_seconds,
                                                  "events": ["task.created", "task.updated", "task.deleted"]},

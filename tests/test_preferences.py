@@ -20,9 +20,9 @@ import pytest
 import requests
 
 from support import ROOT, SECRET, LiveServer, SMTPServer, make_token, wait_for
-from tasknotify.api.schemas import EVENT_TYPES, Preferences
 from tasknotify.delivery import preferences
 from tasknotify.delivery.preferences import Decision, UnsubscribeLinks, decide, quiet_until
+from tasknotify.preference_document import EVENT_TYPES, Preferences
 
 USER = "test@example.com"
 OTHER = "other@example.com"

@@ -49,7 +49,7 @@ def test_every_client_gone_leaves_no_room_behind():
     for sid in sids:
         manager.disconnect(sid, "/")
     assert manager.rooms == {}
-    assert manager._rooms_of == {}
+    assert manager.indexed_clients == 0
     assert manager.pending_connect == {}
 
 

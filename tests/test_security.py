@@ -72,7 +72,7 @@ def test_bad_tokens_are_401_json(api, headers, reason):
 
 
 def test_a_token_accepted_before_is_refused_once_it_expires(api):
-    """Verified tokens are remembered (auth._verified); their expiry is still checked on every use."""
+    """Verified tokens are remembered (tokens._verified); their expiry is still checked on every use."""
     token = jwt.encode({"sub": "a@example.com", "scope": "tasks:read", "exp": time.time() + 1.5}, SECRET)
     assert api.get("/tasks", headers=bearer(token)).status_code == 200
     wait_for(lambda: api.get("/tasks", headers=bearer(token)).status_code == 401, 5, "the token to expire")

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import threading
-from contextlib import contextmanager
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from db import EventRow, Notification, Outbox, Store, Task, decode_cursor, encode_cursor
+from tasknotify.store.store import driver_statement
 
 EMAIL_AND_LOG = Outbox(targets=(("email", None), ("log", "log")))
 
@@ -69,20 +69,12 @@ def test_fifty_concurrent_writers_never_see_database_is_locked(store):
     errors: list[BaseException] = []
     published: list[int] = []
     lock = threading.Lock()
-    transactions: list[int] = []
-    real_transaction = store._group._transaction
+    checkouts: list[int] = []  # a write transaction takes one connection from the engine's pool
+    event.listen(store.engine, "checkout", lambda *_: checkouts.append(1))
 
-    @contextmanager
-    def counted():
-        with real_transaction() as sql:
-            yield sql
-        transactions.append(1)
-
-    store._group._transaction = counted
-
-    def record(event):
+    def record(committed):
         with lock:
-            published.append(event.id)
+            published.append(committed.id)
 
     def writer(n: int) -> None:
         try:
@@ -97,13 +89,14 @@ def test_fifty_concurrent_writers_never_see_database_is_locked(store):
         t.start()
     for t in threads:
         t.join()
+    transactions = len(checkouts)
     assert errors == []
     assert rows(store) == (50, 250, 500)
     assert published == sorted(published) == list(range(1, 251))  # published in id order
     if store.is_sqlite:
-        assert len(transactions) == 250
+        assert transactions == 250
     else:
-        assert len(transactions) < 200, f"{len(transactions)} commits for 250 writes"
+        assert transactions < 200, f"{transactions} commits for 250 writes"
 
 
 def test_replay_reads_after_an_id_with_filters(store):
@@ -163,13 +156,11 @@ def test_the_server_runs_with_full_sync_and_refuses_an_unknown_level(start_serve
     assert "Traceback" not in refused.stderr
 
 
-def test_the_driver_statements_remembered_are_bounded():
-    """Statements carry IN lists whose length a client chooses: their driver forms are remembered up to a bound."""
-    from tasknotify.store.store import DriverSQL, driver_statement
-
+def test_the_driver_statements_remembered_are_bounded(store):
+    """A replay's IN list of task ids has the length a client chooses: the statements' driver forms are remembered
+    up to a bound."""
     driver_statement.cache_clear()
-    for length in range(1, 2000):
-        in_list, _ = DriverSQL.in_list("task", range(length))
-        driver_statement("postgresql", f"SELECT id FROM tasks WHERE task_id IN {in_list}")
+    for length in range(1, 600):
+        assert store.sse_frames_after(0, task_ids=frozenset(f"t{n}" for n in range(length))) == (0, 0, b"")
     assert driver_statement.cache_info().currsize <= 512
     assert driver_statement("postgresql", "SELECT :a, '%'") == "SELECT %(a)s, '%%'"

@@ -25,7 +25,6 @@ from tasknotify.api.schemas import (
     EventListQuery,
     NotificationListQuery,
     NotificationStatus,
-    Preferences,
     PreferencesQuery,
     TaskId,
     TaskListQuery,
@@ -35,11 +34,12 @@ from tasknotify.api.schemas import (
     TaskUpdate,
     Title,
 )
+from tasknotify.ids import MAX_ID
+from tasknotify.preference_document import Preferences
 
 OPENAPI_VERSION = "3.1.0"
 API_VERSION = "0.1.0"
 REF_TEMPLATE = "#/components/schemas/{model}"
-MAX_ID = 2**63 - 1  # ids are 64-bit signed integers in every database
 SCOPES = {
     "tasks:write": "create, change and delete one's own tasks; retry notifications",
     "tasks:read": "read one's own tasks, their history and their notifications",

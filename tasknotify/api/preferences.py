@@ -18,11 +18,13 @@ from flask.typing import ResponseReturnValue
 from tasknotify.api.auth import current_viewer, requires
 from tasknotify.api.pages import html_response
 from tasknotify.api.ratelimit import write_limited
-from tasknotify.api.schemas import Preferences, PreferencesQuery, canonical_email
+from tasknotify.api.schemas import PreferencesQuery
 from tasknotify.api.tasks import json_body, query
 from tasknotify.delivery import preferences
 from tasknotify.delivery.preferences import InvalidToken, UnsubscribeLinks
 from tasknotify.errors import APIError
+from tasknotify.ids import canonical_email
+from tasknotify.preference_document import Preferences
 
 bp = Blueprint("preferences", __name__)
 

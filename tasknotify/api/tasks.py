@@ -17,20 +17,19 @@ from tasknotify import fences
 from tasknotify.api.auth import current_viewer, rate_limit_caller, requires
 from tasknotify.api.ratelimit import WriteLimit, write_limited
 from tasknotify.api.schemas import (
-    TASK_ID_RULE,
     EventListQuery,
     NotificationListQuery,
     TaskListQuery,
     TaskPatch,
     TaskReplace,
     TaskUpdate,
-    is_task_id,
 )
 from tasknotify.delivery import worker as notifications
 from tasknotify.errors import APIError
 from tasknotify.events import Event
+from tasknotify.ids import MAX_ID, TASK_ID_RULE, is_task_id
 from tasknotify.live.broker import BrokerUnavailable
-from tasknotify.store.store import MAX_ID, Idempotency, Store, TaskNotFound, decode_cursor, encode_cursor
+from tasknotify.store.store import Idempotency, Store, TaskNotFound, decode_cursor, encode_cursor
 
 bp = Blueprint("api", __name__)
 

@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 from itsdangerous import BadSignature, URLSafeSerializer
 from sqlalchemy import select
 
-from tasknotify.api.schemas import Preferences
+from tasknotify.preference_document import Preferences
 from tasknotify.store.store import PreferencesRow, Store, utcnow
 
 logger = logging.getLogger("preferences")

@@ -167,3 +167,12 @@ SAMPLE_EVENTS: tuple[dict[str, Any], ...] = (
     {"id": 3, "type": "task.deleted", "task_id": "456", "task": {**_SAMPLE_TASK, "task_id": "456"},
      "occurred_at": "2026-01-01T00:02:00.000Z"},
 )
+
+
+def as_templates_dir(value: str) -> str:
+    """EMAIL_TEMPLATES_DIR's parser (config.load_config): a folder whose templates override the package's.
+
+    Each one must render: a broken one stops the start (ValueError naming it), rather than every email.
+    """
+    EmailTemplates(value).check()  # TemplateProblem is a ValueError
+    return value

@@ -36,14 +36,13 @@ from flask.cli import with_appcontext
 from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from tasknotify.api.schemas import Preferences
 from tasknotify.config import load_config
 from tasknotify.delivery import preferences
 from tasknotify.delivery.channels import Channel, Delivery, DeliveryError, EmailChannel, LogChannel
 from tasknotify.delivery.preferences import USER_CHANNELS, Decision, UnsubscribeLinks
 from tasknotify.delivery.templates import EmailTemplates
 from tasknotify.delivery.webhooks import WebhookChannel
-from tasknotify.live.broker import SubscriptionClosed
+from tasknotify.preference_document import Preferences
 from tasknotify.store.store import DriverSQL, Notification, Store, utcnow
 
 logger = logging.getLogger("notifications")
@@ -60,6 +59,16 @@ Clock = Callable[[], datetime]  # the current UTC time, naive, as utcnow()
 
 class DeliveryObserver(Protocol):
     def delivery(self, channel: str, outcome: str, seconds: float | None) -> None: ...
+
+
+class WakeUps(Protocol):
+    """What tells `flask worker` that other processes committed events (live/broker.py's WakeUps, from factory.py)."""
+
+    def wait(self, timeout: float) -> bool:
+        """Whether events came within timeout, or may have passed unseen."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class WorkerState(enum.Enum):
@@ -533,9 +542,15 @@ def outbox_targets(channels: Mapping[str, Channel], config: Mapping[str, Any]) -
     return tuple((name, recipients.get(name)) for name in channels)
 
 
-def init_app(app: Flask, store: Store, observer: DeliveryObserver | None = None) -> NotificationWorker:
-    """Build the app's channels and worker pool; the pool starts only when asked (see app.py)."""
+def init_app(app: Flask, store: Store, observer: DeliveryObserver | None = None,
+             wake_ups: WakeUps | None = None) -> NotificationWorker:
+    """Build the app's channels and worker pool; the pool starts only when asked (see app.py).
+
+    wake_ups: what tells `flask worker` of events other processes commit (a shared broker's; factory.py).
+    """
     config = app.config
+    if wake_ups is not None:
+        app.extensions["wake_ups"] = wake_ups
     links = UnsubscribeLinks(config["SECRET_KEY"], preferences.public_url(config))
     templates = EmailTemplates(config.get("EMAIL_TEMPLATES_DIR"))
     templates.check()  # a broken template stops the start, rather than every email it would render
@@ -597,20 +612,15 @@ def worker_command(concurrency: int | None, metrics_port: int | None, metrics_ho
 
 def _wake_on_events(app: Flask, worker: NotificationWorker, stop: threading.Event) -> threading.Thread | None:
     """With a shared broker, wake this process's workers on every event another process commits."""
-    if not app.config.get("REDIS_URL"):
+    wake_ups: WakeUps | None = app.extensions.get("wake_ups")
+    if wake_ups is None:
         return None  # no shared broker: the workers' poll (NOTIFY_POLL_SECONDS) finds new rows
-    broker = app.extensions["broker"]
 
     def relay() -> None:
-        subscription = broker.subscribe()
         while not stop.is_set():
-            try:
-                if subscription.get(timeout=1.0) is not None:
-                    worker.wake()
-            except SubscriptionClosed:
-                worker.wake()  # events may have passed unseen: look at the outbox now
-                subscription = broker.subscribe()
-        subscription.close()
+            if wake_ups.wait(1.0):
+                worker.wake()  # an event, or events that may have passed unseen: look at the outbox now
+        wake_ups.close()
 
     thread = threading.Thread(target=relay, name="notify-waker", daemon=True)
     thread.start()

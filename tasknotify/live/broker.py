@@ -303,3 +303,30 @@ class RelayedBroker:
     @property
     def subscriber_count(self) -> int:
         return self.local.subscriber_count
+
+
+class WakeUps:
+    """A wake-up for each event any process publishes: what wakes `flask worker`'s workers through a shared broker.
+
+    It subscribes at the first wait, in the thread that waits; after a
+    subscription is cut (events may have passed unseen) it says so once and
+    subscribes again.
+    """
+
+    def __init__(self, broker: Broker) -> None:
+        self._broker = broker
+        self._subscription: Subscription | None = None
+
+    def wait(self, timeout: float) -> bool:
+        """Whether an event came within timeout, or events may have passed unseen."""
+        if self._subscription is None:
+            self._subscription = self._broker.subscribe()
+        try:
+            return self._subscription.get(timeout=timeout) is not None
+        except SubscriptionClosed:
+            self._subscription = self._broker.subscribe()
+            return True
+
+    def close(self) -> None:
+        if self._subscription is not None:
+            self._subscription.close()

@@ -27,10 +27,9 @@ from flask_socketio import ConnectionRefusedError as SocketIORefused
 from flask_socketio import SocketIO
 
 from tasknotify import fences
-from tasknotify.api.auth import TokenError, Viewer, authenticate, viewer_for_token
-from tasknotify.api.schemas import EVENT_ID_RULE, TASK_ID_RULE, event_id, is_task_id
 from tasknotify.errors import APIError
 from tasknotify.events import Event
+from tasknotify.ids import EVENT_ID_RULE, TASK_ID_RULE, event_id, is_task_id
 from tasknotify.live.broker import Broker, SubscriptionClosed
 from tasknotify.live.takeover.fanout import (
     LiveStreams,
@@ -42,6 +41,7 @@ from tasknotify.live.takeover.fanout import (
 )
 from tasknotify.live.takeover.rooms import client_manager
 from tasknotify.store.store import Store
+from tasknotify.tokens import TokenError, Viewer, viewer_for_token
 
 logger = logging.getLogger("streams")
 
@@ -51,9 +51,13 @@ RESERVED_EVENTS = ("connect", "connect_error", "disconnect", "disconnecting", "n
 
 bp = Blueprint("streams", __name__)
 
+# The SSE request's viewer, which must hold the scope given (its token may be in ?access_token=: EventSource
+# sends no header); APIError (401, 403, 503) otherwise. The API's (api/auth.py), given by factory.py.
+Authenticate = Callable[[str], Viewer]
+
 
 def parse_event_id(value: Any, name: str) -> int | None:
-    """An event id given by a client (schemas.event_id), or None when absent; APIError(422) when it is not one."""
+    """An event id given by a client (ids.event_id), or None when absent; APIError(422) when it is not one."""
     if value is None or value == "":
         return None
     try:
@@ -202,7 +206,7 @@ class StreamSlot:
 def task_updates() -> Response:
     """Server-Sent Events: every visible event, resumable with Last-Event-ID."""
     streams: StreamHub = current_app.extensions["streams"]
-    viewer = authenticate("updates:read", allow_query_token=True)
+    viewer = current_app.extensions["stream_authenticate"]("updates:read")
     after_id = parse_event_id(request.headers.get("Last-Event-ID"), "Last-Event-ID")
     if after_id is None:
         after_id = parse_event_id(request.args.get("last_event_id"), "last_event_id")
@@ -559,8 +563,9 @@ class _StreamTransports:
         return self.wsgi_app(environ, start_response)
 
 
-def init_app(app: Flask, store: Store, broker: Broker) -> StreamHub:
-    """Create the app's Socket.IO server and stream hub, and register the SSE route."""
+def init_app(app: Flask, store: Store, broker: Broker, authenticate: Authenticate) -> StreamHub:
+    """Create the app's Socket.IO server and stream hub, and register the SSE route (authenticated by authenticate)."""
+    app.extensions["stream_authenticate"] = authenticate
     allowed = set(app.config["CORS_ORIGINS"])
 
     def origin_allowed(origin: str | None, environ: dict[str, Any]) -> bool:

@@ -53,6 +53,12 @@ class GroupCommit(Generic[T]):
         self._queue_lock = threading.Lock()
         self._leading = False
 
+    @property
+    def waiting(self) -> int:
+        """How many writes wait for the next group (the writes of a group being committed are not counted)."""
+        with self._queue_lock:
+            return len(self._queue)
+
     def run(self, apply: Callable[[T], tuple[Any, Any]], after_commit: Callable[[Any], None]) -> Any:
         """Run apply(transaction) -> (result, event) and commit it; after_commit(event) runs before the next group."""
         if self._max_group == 1:  # no queue: the lock alone orders the writes

@@ -50,6 +50,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from tasknotify.config import SQLITE_SYNCHRONOUS_LEVELS
 from tasknotify.events import Event, sse_frames
+from tasknotify.ids import MAX_ID
 from tasknotify.store.checkpoints import Checkpointer
 from tasknotify.store.group_commit import GroupCommit
 
@@ -226,9 +227,6 @@ class Outbox:
     """Where the notifications of an event go: (channel, recipient) pairs; None means the task's email."""
 
     targets: tuple[tuple[str, str | None], ...]
-
-
-MAX_ID = 2**63 - 1  # ids are 64-bit integers in every database
 
 
 def encode_cursor(row_id: int) -> str:

@@ -45,6 +45,11 @@ class RoomIndex:
             if not own:
                 del self._rooms_of[(namespace, sid)]
 
+    @property
+    def indexed_clients(self) -> int:
+        """How many clients the index holds rooms of: none once every client has left."""
+        return len(self._rooms_of)
+
     def get_rooms(self, sid: str, namespace: str) -> list[Room]:
         return [room for room in self._rooms_of.get((namespace, sid), ()) if room is not None]
 

@@ -11,7 +11,7 @@ cannot be checked, which is the provider's failure, not the token's:
 KeysUnavailable, not Refused.
 
 Errors: Refused (the token is not acceptable: a 401) and KeysUnavailable (no
-key to check it with: a 503). This module knows nothing of Flask; auth.py
+key to check it with: a 503). This module knows nothing of Flask; tokens.py
 turns an Identity into a Viewer.
 """
 
@@ -32,7 +32,7 @@ import jwt
 import requests
 from jwt.algorithms import has_crypto
 
-from tasknotify.api.schemas import canonical_email
+from tasknotify.ids import canonical_email
 
 logger = logging.getLogger("jwks")
 
