@@ -258,8 +258,8 @@ class EventletHandover:
 class GeventHandover:
     """How a response served by our gevent handler (httpserver.gevent_handler) is taken over from it.
 
-    The handler puts one in each request's environ (under KEY) and removes it
-    when the response ends. `take` leaves the handler nothing to write or
+    The handler puts one in each request's environ (under KEY), and removes and
+    releases it when the response ends. `take` leaves the handler nothing to write or
     close: the end of the chunked body is the writer's to send, the
     connection's request loop ends, and its socket is detached from gevent's
     (socket.detach(), public API), the plain socket under it handed over.
@@ -269,7 +269,12 @@ class GeventHandover:
     loop: Loop = GeventLoop
 
     def __init__(self, handler: Any) -> None:
-        self._handler = handler
+        self._handler: Any = handler
+
+    def release(self) -> None:
+        """Let go of the handler when the response ends: a copy of the environ (python-socketio keeps one per
+        session) must not keep a finished request's handler alive."""
+        self._handler = None
 
     @property
     def chunked(self) -> bool:

@@ -314,8 +314,11 @@ def gevent_handler(limits: Limits, guards: bool = True) -> type:
             try:
                 super().handle_one_response()
             finally:
-                # The environ and the handler would hold each other: a cycle that only a garbage collection frees.
-                self.environ.pop(GeventHandover.KEY, None)
+                # The environ and the handler would hold each other (a cycle that only a garbage collection
+                # frees), and copies of the environ would hold the handler.
+                handover = self.environ.pop(GeventHandover.KEY, None)
+                if handover is not None:
+                    handover.release()
 
     base = HandingOverHandler
     if not guards:
