@@ -32,7 +32,9 @@ PY = sys.executable
 NODE = shutil.which("node") or "node"
 TRANSPORTS = ("sse", "sio")
 TRANSPORT_NAMES = {"sse": "SSE", "sio": "Socket.IO"}
-SERVER_NAMES = {"ours": "ours (Flask + eventlet)", "ref": "reference (Node.js)"}
+# Our server in each of its modes (the settings that make it so), then every server the runs compare.
+OURS = {"ours": {}, "ours-gevent": {"ASYNC_MODE": "gevent"}}
+SERVER_NAMES = {"ref": "reference (Node.js)", "ours": "ours (Flask + eventlet)", "ours-gevent": "ours (Flask + gevent)"}
 
 # The settings of our server must not leak in from the caller's environment: every name of the
 # service's settings table, and ASYNC_MODE, which app.py reads before the table.
@@ -263,7 +265,7 @@ class ReferenceServer(Server):
 def make_server(run: Run, kind: str, stem: str, extra: dict[str, str] | None = None) -> Server:
     if kind == "ref":
         return ReferenceServer(run, run.name(f"ref-{stem}")).start()
-    return OurServer(run, run.name(f"ours-{stem}"), run.database_url(stem), extra).start()
+    return OurServer(run, run.name(f"{kind}-{stem}"), run.database_url(stem), {**OURS[kind], **(extra or {})}).start()
 
 
 # -- load clients -----------------------------------------------------------------------

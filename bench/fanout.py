@@ -50,9 +50,9 @@ def to_all(run: Run, results: dict[str, Any]) -> None:
                     note_failure(results, f"fan-out {sse}+{sio} on {SERVER_NAMES[kind]}", exc)
             results["fanout"].append(pair)
             run.save(results)
-    if args.profile and "ours" in args.servers:
+    if args.profile and args.profile_server in args.servers:
         try:
-            fanout(run, "ours", 500, 500, 20, args.profile_seconds * 1.5 + 15, profile=True)
+            fanout(run, args.profile_server, 500, 500, 20, args.profile_seconds * 1.5 + 15, profile=True)
         except Exception as exc:  # noqa: BLE001
             note_failure(results, "profiled fan-out", exc)
 

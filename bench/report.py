@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import NODE, ROOT, SERVER_NAMES, TRANSPORT_NAMES, TRANSPORTS
+from bench.common import NODE, OURS, ROOT, SERVER_NAMES, TRANSPORT_NAMES, TRANSPORTS
 
 DOCS = ROOT / "docs"
 PUBLISHED = DOCS / "benchmarks"  # what docs/benchmarks.md shows or is made from; bench/results is not in git
@@ -60,6 +60,11 @@ def grouped(pairs: list[dict[str, Any]]) -> dict[str, dict[str, list[dict[str, A
     return out
 
 
+def mode(kind: str) -> str:
+    """How a target names the mode of our server it measured: nothing for the default (eventlet)."""
+    return "" if kind == "ours" else f" [{SERVER_NAMES[kind]}]"
+
+
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Each target of issue 6 with its measured ratio and pass/fail (None: not measured)."""
     out = []
@@ -69,9 +74,10 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         out.append({"target": name, "measured": value, "limit": ("≤ " if at_most else "≥ ") + f"{limit:g}",
                     "pass": passed, "detail": detail})
 
-    for key, limit in (("fanout", None), ("peruser", 2.0)):
+    for key, limit, kind in ((key, limit, kind) for key, limit in (("fanout", None), ("peruser", 2.0))
+                             for kind in OURS):
         for size, runs in grouped(results.get(key, [])).items():
-            ours, refs = runs.get("ours", []), runs.get("ref", [])
+            ours, refs = runs.get(kind, []), runs.get("ref", [])
             if not ours:
                 continue
             cap = limit if limit else (1.5 if ours[0]["sse_clients"] <= 500 else 2.0)
@@ -83,7 +89,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                     continue
                 delivered, expected = sum(o["delivered"] for o in mine), sum(o["expected"] for o in mine)
                 dups = sum(o["duplicates"] for o in mine)
-                out.append({"target": f"fan-out {what} {size}, {TRANSPORT_NAMES[t]}: 100 % delivered, no duplicates",
+                out.append({"target": f"fan-out {what} {size}, {TRANSPORT_NAMES[t]}: 100 % delivered, no duplicates"
+                                      f"{mode(kind)}",
                             "measured": f"{100 * delivered / max(expected, 1):.2f} %, {dups} dup",
                             "limit": "100 %, 0", "pass": delivered == expected and dups == 0,
                             "detail": f"{delivered}/{expected}"})
@@ -92,16 +99,16 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                     o99 = [o["latency_ms"]["p99"] for o in mine if o["latency_ms"]["p99"] is not None]
                     r99 = [x["latency_ms"]["p99"] for x in theirs if x["latency_ms"]["p99"] is not None]
                     if o99 and r99:
-                        add(f"fan-out {what} {size}, {TRANSPORT_NAMES[t]}: p99 / reference p99{several}",
+                        add(f"fan-out {what} {size}, {TRANSPORT_NAMES[t]}: p99 / reference p99{several}{mode(kind)}",
                             ratio(float(np.median(o99)), float(np.median(r99))), cap, True,
                             f"{' / '.join(f'{v:.0f}' for v in o99)} ms vs {' / '.join(f'{v:.0f}' for v in r99)} ms")
     mem: dict[tuple[str, str], dict[str, Any]] = {(m["server"], m["transport"]): m for m in results.get("memory", [])}
-    for t in TRANSPORTS:
-        ours, ref = mem.get(("ours", t)), mem.get(("ref", t))
+    for kind, t in ((kind, t) for kind in OURS for t in TRANSPORTS):
+        ours, ref = mem.get((kind, t)), mem.get(("ref", t))
         if not ours or not ref:
             continue
         for po, pr in zip(ours["points"][1:], ref["points"][1:], strict=False):
-            add(f"idle memory per {TRANSPORT_NAMES[t]} connection at {po['connections']}: ours / reference",
+            add(f"idle memory per {TRANSPORT_NAMES[t]} connection at {po['connections']}: ours / reference{mode(kind)}",
                 ratio(po["per_connection_kb"], pr["per_connection_kb"]), 1.5, True,
                 f"{po['per_connection_kb']} KB vs {pr['per_connection_kb']} KB")
     # With --repeat, the write path runs fast, slow, fast, slow...: each target takes the median.
@@ -153,7 +160,7 @@ def markdown(results: dict[str, Any], plots: list[str]) -> str:
                   "| p50 ms | p90 ms | p99 ms | max ms |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for pair in fans:
-            for kind in ("ref", "ours"):
+            for kind in SERVER_NAMES:
                 r = pair.get(kind)
                 if not r:
                     continue
@@ -172,7 +179,7 @@ def markdown(results: dict[str, Any], plots: list[str]) -> str:
         lines += ["", "POSTs during the fan-out runs (planned / answered 200, POST latency p99), and CPU use from",
                   "the warm-up until the last event arrived (100 % = one core):", ""]
         for pair in fans:
-            for kind in ("ref", "ours"):
+            for kind in SERVER_NAMES:
                 r = pair.get(kind)
                 if r:
                     p = r["posts"]
@@ -257,26 +264,26 @@ def storm_markdown(storm: dict[str, Any]) -> list[str]:
                   "Issue 18's target at 5 000 + 5 000: ours within 1.5× the reference. Listen queue overflows: the",
                   "kernel's ListenOverflows during the storm (whole machine): SYNs turned away by a full accept",
                   "queue, each costing its client a TCP retransmission timeout (1 s, then 3 s ...).", "",
-                  "| clients (SSE + Socket.IO) | transport | reference s | ours s | ours / reference "
-                  "| failed (reference / ours) | listen queue overflows (reference / ours) |",
+                  "| clients (SSE + Socket.IO) | server | transport | s | / reference | failed "
+                  "| listen queue overflows |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]
         for row in storm["connect"]:
-            ref, ours = row.get("ref") or {}, row.get("ours") or {}
+            ref = row.get("ref") or {}
             size = f"{row['sse_clients']:,} + {row['sio_clients']:,}".replace(",", " ")
-            for t in (*TRANSPORTS, "all"):
-                r = ref if t == "all" else ref.get(t)
-                o = ours if t == "all" else ours.get(t)
-                if r is None and o is None:
+            for kind, t in ((kind, t) for kind in SERVER_NAMES for t in (*TRANSPORTS, "all")):
+                server = row.get(kind) or {}
+                x = server if t == "all" else server.get(t)
+                if not x:
                     continue
-                r, o = r or {}, o or {}
-                lines.append(f"| {size} | {TRANSPORT_NAMES.get(t, t)} | {fmt(r.get('seconds'), 2)} | "
-                             f"{fmt(o.get('seconds'), 2)} | {fmt(ratio(o.get('seconds'), r.get('seconds')), 2)} | "
-                             f"{fmt(r.get('failed'))} / {fmt(o.get('failed'))} | "
-                             + (f"{fmt((ref.get('tcp') or {}).get('listen_overflows'))} / "
-                                f"{fmt((ours.get('tcp') or {}).get('listen_overflows'))} |" if t == "all" else "|"))
+                r = (ref if t == "all" else ref.get(t)) or {}
+                versus = ratio(x.get("seconds"), r.get("seconds")) if kind != "ref" else None
+                lines.append(f"| {size} | {SERVER_NAMES[kind]} | {TRANSPORT_NAMES.get(t, t)} | "
+                             f"{fmt(x.get('seconds'), 2)} | {fmt(versus, 2)} | "
+                             f"{fmt(x.get('failed'))} | "
+                             + (f"{fmt((server.get('tcp') or {}).get('listen_overflows'))} |" if t == "all" else "|"))
         lines.append("")
         failures = [f"{SERVER_NAMES[kind]} at {row['sse_clients']}+{row['sio_clients']}, {TRANSPORT_NAMES[t]}: "
-                    f"{row[kind][t]['failures']}" for row in storm["connect"] for kind in ("ref", "ours")
+                    f"{row[kind][t]['failures']}" for row in storm["connect"] for kind in SERVER_NAMES
                     if row.get(kind) for t in TRANSPORTS if row[kind].get(t, {}).get("failures")]
         if failures:
             lines += ["Failures: " + "; ".join(failures) + ".", ""]
@@ -331,7 +338,7 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
     if fans:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
         for ax, t in zip(axes, TRANSPORTS, strict=True):
-            for kind, color in (("ref", "tab:green"), ("ours", "tab:red")):
+            for kind, color in (("ref", "tab:green"), ("ours", "tab:red"), ("ours-gevent", "tab:blue")):
                 sizes = [g[kind] for g in grouped(fans).values() if g.get(kind) and t in g[kind][0]]
                 sizes.sort(key=lambda runs: runs[0][t]["clients"])
                 if not sizes:
@@ -344,8 +351,8 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
 
                 for pct, style in (("p50", ":"), ("p90", "--"), ("p99", "-")):
                     ax.plot(xs, [median(runs, pct) for runs in sizes], style, marker="o", color=color,
-                            label=f"{'reference' if kind == 'ref' else 'ours'} {pct}")
-                if kind == "ours":
+                            label=f"{SERVER_NAMES[kind]} {pct}")
+                if kind != "ref":
                     for x, runs in zip(xs, sizes, strict=True):
                         ax.annotate(f"{runs[0]['rate']:g} posts/s", (x, median(runs, "p99")),
                                     textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
@@ -364,12 +371,12 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
     if results.get("memory"):
         fig, ax = plt.subplots(figsize=(6.5, 4.2))
         colors = {("ref", "sse"): "tab:green", ("ref", "sio"): "tab:olive", ("ours", "sse"): "tab:red",
-                  ("ours", "sio"): "tab:purple"}
+                  ("ours", "sio"): "tab:purple", ("ours-gevent", "sse"): "tab:blue", ("ours-gevent", "sio"): "tab:cyan"}
         for m in results["memory"]:
             xs = [p.get("connected", 0) for p in m["points"]]
             ax.plot(xs, [p["rss_kb"] / 1024 for p in m["points"]], marker="o",
                     color=colors[(m["server"], m["transport"])],
-                    label=f"{'reference' if m['server'] == 'ref' else 'ours'} {TRANSPORT_NAMES[m['transport']]}")
+                    label=f"{SERVER_NAMES[m['server']]} {TRANSPORT_NAMES[m['transport']]}")
         ax.set_xlabel("idle connections")
         ax.set_ylabel("server RSS (MB)")
         ax.set_title("Server RSS against idle connections")
@@ -427,7 +434,8 @@ def write_docs(results: dict[str, Any], out: Path, plots: list[Path], command: s
         "",
         "`bench/run` installs the Node.js packages of `bench/reference` (socket.io) and `bench/clients`",
         "(socket.io-client) on first use and runs `.venv/bin/python -m bench`; `--help` lists every option.",
-        "It starts and stops everything itself: our server (`python app.py`, eventlet, free port, fresh",
+        "It starts and stops everything itself: our server (`python app.py`, once under eventlet, the default, and",
+        "once with `ASYNC_MODE=gevent`: the rows `ours (Flask + gevent)`, `--servers` chooses; free port, fresh",
         "temporary SQLite database, or a fresh PostgreSQL database with `--postgres`; auth on, `SECRET_KEY` set",
         "so the suite mints its tokens, `RATE_LIMIT_WRITES=1000000 per minute`, `MAX_STREAMS_PER_USER=100000`,",
         "`MAX_CONNECTIONS=15000`, other settings at their defaults, so notifications go to the `log` channel",

@@ -6,12 +6,12 @@
     bench/run --postgres --redis   # our server on PostgreSQL (127.0.0.1:5432) and Redis (127.0.0.1:6379)
     bench/run --only storm --storm 5000x5000   # reconnect storms (issue 18): connecting at once, a restart
 
-Everything is started here and stopped at the end: our server (`python app.py`, eventlet, a free
-port, a temporary database), the reference server (`node bench/reference/server.js`), an SMTP
-sink (aiosmtpd, own process, fast or 2 s per message) and the load clients (Node.js processes,
-bench/clients/load.js). Results: bench/results/<timestamp>/ (results.json, results.md, PNG plots,
-logs; not in git); the latest full run also goes to docs/benchmarks.md, its results.json, plots and
-flame graph to docs/benchmarks/.
+Everything is started here and stopped at the end: our server (`python app.py`, under eventlet and again
+under gevent, see --servers; a free port, a temporary database), the reference server
+(`node bench/reference/server.js`), an SMTP sink (aiosmtpd, own process, fast or 2 s per message) and the
+load clients (Node.js processes, bench/clients/load.js). Results: bench/results/<timestamp>/ (results.json,
+results.md, PNG plots, logs; not in git); the latest full run also goes to docs/benchmarks.md, its
+results.json, plots and flame graph to docs/benchmarks/.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import backlog, fanout, memory, storm, write
-from bench.common import BENCH, Run, log
+from bench.common import BENCH, SERVER_NAMES, Run, log
 from bench.report import machine, markdown, report, source_tree
 
 # in the order they run, whatever the order of --only
@@ -43,8 +43,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small sizes: about four minutes")
     parser.add_argument("--only", default=",".join(SCENARIOS),
                         help=f"comma-separated scenarios among {', '.join(SCENARIOS)} (default: all)")
-    parser.add_argument("--servers", default="ref,ours",
-                        help="servers of the fan-out, memory and storm runs (ref,ours)")
+    parser.add_argument("--servers", default=",".join(SERVER_NAMES),
+                        help="servers of the fan-out, memory and storm runs, among ref, ours (eventlet) and "
+                             "ours-gevent (ASYNC_MODE=gevent); default: all three")
     parser.add_argument("--fanout", help="fan-out to all runs, e.g. 500x500@20,5000x5000@5 (SSExSIO@posts per s)")
     parser.add_argument("--peruser", help="per-user run, e.g. 10000@200/1000 (clients@posts per s/users)")
     parser.add_argument("--repeat", type=int, default=1,
@@ -69,6 +70,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="a setting of our server for every run (repeatable), e.g. NOTIFY_WORKERS=0")
     parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None,
                         help="py-spy flame graph of our server in an extra 500+500 fan-out (default: on in full mode)")
+    parser.add_argument("--profile-server", default="ours", choices=[k for k in SERVER_NAMES if k != "ref"],
+                        help="our server mode profiled by --profile (default ours, eventlet)")
     parser.add_argument("--profile-seconds", type=int, default=20)
     parser.add_argument("--clients-per-process", type=int, default=2500)
     parser.add_argument("--drain-seconds", type=float, default=120,
@@ -100,6 +103,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for s in args.only:
         if s not in SCENARIOS:
             parser.error(f"unknown scenario {s}")
+    for s in args.servers:
+        if s not in SERVER_NAMES:
+            parser.error(f"unknown server {s} (expected among {', '.join(SERVER_NAMES)})")
     return args
 
 

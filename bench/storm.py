@@ -29,6 +29,7 @@ import numpy as np
 
 from bench.common import (
     ADMIN_SCOPES,
+    OURS,
     PY,
     SERVER_NAMES,
     TRANSPORTS,
@@ -165,7 +166,7 @@ def connect_at_once(run: Run, kind: str, sse: int, sio: int) -> dict[str, Any]:
 def restart(run: Run, kind: str, sse: int, sio: int) -> dict[str, Any]:
     """Clients connected and receiving; the server stopped and started again; the clients back, nothing lost."""
     label = f"restart-{sse}+{sio}"
-    resumes = kind == "ours"
+    resumes = kind in OURS
     log(f"{label} on {SERVER_NAMES[kind]}: {sse} SSE + {sio} Socket.IO, then a restart"
         + ("" if resumes else " (reconnection time only: the reference has no resume)"))
     server = make_server(run, kind, label)

@@ -16,6 +16,7 @@ missing (WARNING; ERROR for the HTTP server's guards, whose fallback has no
 deadline for request heads), and the gauge `library_fallbacks{part}` is 1.
 
     takeover                live streams taken over from eventlet (fanout.py)   -> the queued path (DIRECT_WRITES=0)
+    gevent-takeover         SSE streams taken over from gevent (fanout.py)      -> the queued path (DIRECT_WRITES=0)
     rooms                   the indexed client manager (rooms.py)               -> python-socketio's stock manager
     connect-events          real connects/disconnects told from a client's own  -> the stream hub's own record
     malformed-packet-close  an unparsable packet ends its connection            -> python-socketio drops the packet
@@ -174,6 +175,56 @@ def takeover_requirements(sio_server: Any) -> list[Requirement]:
     ]
 
 
+def gevent_takeover_requirements() -> list[Requirement]:
+    """fanout.GeventHandover and GeventLoop: gevent's WSGI handler, what it does at a response's end; its hub."""
+    import gevent
+    import gevent.socket
+    from gevent import pywsgi
+
+    handler = pywsgi.WSGIHandler
+
+    def detach_gives_fd() -> bool:
+        ours, theirs = gevent.socket.socketpair()
+        try:
+            fd = ours.detach()
+            socket.socket(fileno=fd).close()
+            return isinstance(fd, int) and ours.fileno() == -1
+        finally:
+            theirs.close()
+
+    def io_watcher() -> bool:
+        ours, theirs = socket.socketpair()
+        watcher = gevent.get_hub().loop.io(ours.fileno(), 1)
+        try:
+            return _binds(watcher.start, print, 0) and _binds(watcher.stop) and _binds(watcher.close)
+        finally:
+            watcher.close()
+            ours.close()
+            theirs.close()
+
+    return [
+        ("gevent.pywsgi.WSGIHandler.process_result ends a chunked body only when response_use_chunked",
+         lambda: "response_use_chunked" in _names(handler.process_result)),
+        ("gevent.pywsgi.WSGIHandler.finalize_headers chunks a response of unknown length to an HTTP/1.1 request "
+         "(request_version, response_use_chunked)",
+         lambda: {"request_version", "response_use_chunked"} <= _names(handler.finalize_headers)),
+        ("gevent.pywsgi.WSGIHandler.handle_one_request ends the connection's loop on close_connection, after "
+         "get_environ() and handle_one_response()",
+         lambda: {"close_connection", "get_environ", "handle_one_response"} <= _names(handler.handle_one_request)
+         and _binds(handler.get_environ, None) and _binds(handler.handle_one_response, None)),
+        ("gevent.pywsgi.WSGIHandler.handle closes the connection through its socket attribute",
+         lambda: "socket" in _names(handler.handle)),
+        ("gevent.socket.socket.detach() gives the file descriptor and leaves the socket closed", detach_gives_fd),
+        ("gevent hub: loop.io(fd, 1) watchers with start(callback, *args), stop(), close()", io_watcher),
+        ("gevent.socket.wait_read(fileno, timeout=, timeout_exc=) and wait_write(fileno)",
+         lambda: _binds(gevent.socket.wait_read, 0, timeout=1.0, timeout_exc=TimeoutError)
+         and _binds(gevent.socket.wait_write, 0)),
+        ("gevent.spawn(func), gevent.spawn_raw(func), Greenlet.kill()",
+         lambda: _binds(gevent.spawn, print) and _binds(gevent.spawn_raw, print) and _binds(gevent.Greenlet.kill,
+                                                                                            None)),
+    ]
+
+
 # The state of a client that python-socketio's basic_disconnect clears, and rooms.RoomIndex's too.
 MANAGER_STATE = {"rooms", "callbacks", "pending_connect", "pending_disconnect"}
 
@@ -309,6 +360,9 @@ def lean_buffers_requirements() -> list[Requirement]:
 PARTS: dict[str, Part] = {part.name: part for part in (
     Part("takeover", "eventlet's WSGI server and hub, python-engineio's sockets, wsproto (fanout.py)",
          "every stream on the ordinary queued path, as with DIRECT_WRITES=0", takeover_requirements),
+    Part("gevent-takeover", "gevent's pywsgi.WSGIHandler (the end of a response) and hub (fanout.py)",
+         "SSE streams under gevent on the ordinary queued path, as with DIRECT_WRITES=0",
+         gevent_takeover_requirements),
     Part("rooms", "python-socketio's BaseManager.basic_* and its client state (rooms.py)",
          "python-socketio's stock client manager, whose disconnect scans every room", rooms_requirements),
     Part("connect-events", "python-socketio's manager.is_pre_connected and is_connected (streams.py)",

@@ -6,8 +6,9 @@ Each break changes, before the app is imported, an internal that the self-check
 (fences.py) verifies, in a way the library itself still works with, so the
 server must notice it and run that part on its fallback:
 
-    takeover  wsproto's FrameProtocol has no pong() (only the take-over parses frames with it)
-    rooms     python-socketio's basic_disconnect clears a piece of client state the indexed manager does not know
+    takeover         wsproto's FrameProtocol has no pong() (only the take-over parses frames with it)
+    gevent-takeover  gevent's WSGIHandler.process_result is wrapped (what the take-over relies on in it is hidden)
+    rooms            python-socketio's basic_disconnect clears a piece of client state the indexed manager does not know
 """
 
 from __future__ import annotations
@@ -24,6 +25,17 @@ def break_takeover() -> None:
     from wsproto.frame_protocol import FrameProtocol
 
     del FrameProtocol.pong
+
+
+def break_gevent_takeover() -> None:
+    from gevent import pywsgi
+
+    process_result = pywsgi.WSGIHandler.process_result
+
+    def wrapped(self: pywsgi.WSGIHandler) -> None:
+        process_result(self)
+
+    pywsgi.WSGIHandler.process_result = wrapped  # type: ignore[method-assign]
 
 
 def break_rooms() -> None:
@@ -43,7 +55,7 @@ def break_rooms() -> None:
     BaseManager.basic_disconnect = basic_disconnect  # type: ignore[method-assign]
 
 
-BREAKS = {"takeover": break_takeover, "rooms": break_rooms}
+BREAKS = {"takeover": break_takeover, "gevent-takeover": break_gevent_takeover, "rooms": break_rooms}
 
 
 def main() -> None:

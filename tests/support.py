@@ -91,14 +91,17 @@ def on_fallback(part: str) -> bool:
     return part in forced or "all" in forced
 
 
-def takeover_off() -> str | None:
-    """Why this run's servers do not take live streams over from eventlet (fanout.py), or None when they do."""
-    if os.environ.get("TEST_ASYNC_MODE", "eventlet") != "eventlet":
-        return "writing straight to sockets is eventlet's path"
+def takeover_off(transport: str = "socketio") -> str | None:
+    """Why this run's servers do not take live streams of transport ("sse", "socketio") over from their HTTP
+    server (fanout.py), or None when they do."""
+    mode = os.environ.get("TEST_ASYNC_MODE", "eventlet")
+    if mode != "eventlet" and not (mode == "gevent" and transport == "sse"):
+        return f"writing straight to sockets is eventlet's path for {transport} (gevent's for SSE too)"
     if os.environ.get("DIRECT_WRITES", "1").strip().lower() not in ("1", "true", "yes", "on"):
         return "DIRECT_WRITES=0: every stream is on the queued path"
-    if on_fallback("takeover"):
-        return "SELF_CHECK_FAIL forces the take-over onto its fallback, the queued path"
+    part = "takeover" if mode == "eventlet" else "gevent-takeover"
+    if on_fallback(part):
+        return f"SELF_CHECK_FAIL forces the part {part} onto its fallback, the queued path"
     return None
 
 

@@ -1,4 +1,4 @@
-"""Events written straight to the client sockets (fanout.py) against the real eventlet server.
+"""Events written straight to the client sockets (fanout.py) against the real server (eventlet; gevent's SSE too).
 
 Framing at every size, order and completeness for readers that keep up, and a
 reader that stops reading cut off (it resumes by event id) without slowing the others.
@@ -22,7 +22,10 @@ from support import takeover_off, wait_for
 from tasknotify.events import http_chunk
 from tasknotify.live.takeover.fanout import LiveWebSocket, websocket_frame
 
-pytestmark = pytest.mark.skipif(takeover_off() is not None, reason=f"the take-over's own tests: {takeover_off()}")
+socketio_takeover = pytest.mark.skipif(takeover_off() is not None,
+                                       reason=f"the take-over's own tests: {takeover_off()}")
+sse_takeover = pytest.mark.skipif(takeover_off("sse") is not None,
+                                  reason=f"the take-over's own tests: {takeover_off('sse')}")
 
 BIG = 10_000  # the largest description the API takes
 # Beyond what the kernel buffers for one connection (tcp_wmem max 4 MB plus the reader's window).
@@ -36,6 +39,7 @@ def post(server: Any, task_id: str, description: str = "") -> int:
     return response.json()["event_id"]
 
 
+@socketio_takeover
 def test_frame_encodings() -> None:
     assert http_chunk(b"id: 1\n\n") == b"7\r\nid: 1\n\n\r\n"
     assert websocket_frame(b"x" * 125)[:2] == b"\x81\x7d"
@@ -48,6 +52,7 @@ def test_frame_encodings() -> None:
     assert parsed.opcode == abnf.OPCODE_TEXT and parsed.fin and parsed.data.decode() == "42[\"é\"]"
 
 
+@socketio_takeover
 def test_events_of_every_size_reach_both_transports_whole_and_in_order(live_server) -> None:
     sse = live_server.sse("/task_updates")
     sio = live_server.socketio()
@@ -102,6 +107,7 @@ def _read_until_closed(read: Any, timeout: float) -> bytes:
     raise AssertionError(f"the server did not cut the reader off within {timeout} s")
 
 
+@sse_takeover
 def test_an_sse_reader_that_stops_reading_is_cut_off_and_the_others_get_everything(start_server, smtp) -> None:
     server = start_server(STREAM_QUEUE_SIZE="20", **smtp.env)
     stalled = socket.socket()
@@ -122,6 +128,7 @@ def test_an_sse_reader_that_stops_reading_is_cut_off_and_the_others_get_everythi
     stalled.close()
 
 
+@socketio_takeover
 def test_a_socketio_reader_that_stops_reading_is_cut_off_and_the_others_get_everything(start_server, smtp) -> None:
     server = start_server(STREAM_QUEUE_SIZE="20", **smtp.env)
     stalled = websocket.create_connection(
@@ -145,6 +152,7 @@ def test_a_socketio_reader_that_stops_reading_is_cut_off_and_the_others_get_ever
     assert seen == ids[:len(seen)], "what the cut reader got is a gapless, duplicate-free start of the stream"
 
 
+@sse_takeover
 def test_an_http_1_0_stream_is_not_chunked(live_server) -> None:
     """eventlet chunks only HTTP/1.1 responses: events written past it must be framed as it frames the rest."""
     with socket.create_connection(("127.0.0.1", live_server.port), timeout=10) as sock:
@@ -164,6 +172,7 @@ def _healthz_streams(server: Any) -> dict[str, int]:
     return server.get("/healthz").json()["streams"]
 
 
+@socketio_takeover
 def test_a_client_that_starts_on_long_polling_upgrades_and_keeps_every_feature(live_server) -> None:
     """socket.io-client's default: long-polling first, then the websocket, which the server takes over."""
     client, events = socketio.Client(reconnection=False), []
@@ -179,6 +188,7 @@ def test_a_client_that_starts_on_long_polling_upgrades_and_keeps_every_feature(l
     wait_for(lambda: _healthz_streams(live_server)["socketio"] == 0, 10, "the connection to be freed")
 
 
+@socketio_takeover
 def test_pings_keep_to_the_ping_interval_and_pongs_are_answered_where_they_are_read(start_server) -> None:
     # Pings go out from a heap read every 0.1 s; read once a second, the 1 s interval
     # stretched to 1.25-2 s, and a second's pings went out at once.
@@ -207,6 +217,7 @@ def _client_frame(text: str) -> bytes:
     return bytes([0x81, 0x80 | len(payload)]) + mask + payload
 
 
+@socketio_takeover
 def test_a_pong_is_handed_to_engineio_where_it_is_read() -> None:
     class Owner:
         max_message = 1000
@@ -229,6 +240,7 @@ def test_a_pong_is_handed_to_engineio_where_it_is_read() -> None:
         theirs.close()
 
 
+@socketio_takeover
 def test_live_streams_leave_the_servers_handlers_free_and_are_capped(start_server) -> None:
     """Streams taken over leave eventlet's MAX_CONNECTIONS handlers to requests, and are at most as many."""
     server = start_server(MAX_CONNECTIONS="4")
@@ -253,6 +265,7 @@ def test_live_streams_leave_the_servers_handlers_free_and_are_capped(start_serve
     server.sse("/task_updates").close()  # room again
 
 
+@socketio_takeover
 def test_a_client_sending_nonsense_over_its_websocket_harms_no_one(live_server) -> None:
     """Unknown Engine.IO packets are ignored, as Engine.IO does; an unreadable one ends only that connection."""
     def opened() -> Any:

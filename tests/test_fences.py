@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import logging
+import os
 import re
 import warnings
 from collections.abc import Callable
@@ -33,6 +34,7 @@ with warnings.catch_warnings():
     import eventlet  # noqa: F401 - first imported here, quietly: it warns once that it is deprecated
 
 FALLBACK_LINE = "runs on its fallback"
+ASYNC_MODE = os.environ.get("TEST_ASYNC_MODE", "eventlet")
 
 
 def eventlet_server() -> socketio.Server:
@@ -130,6 +132,8 @@ BREAKS = [
      "__schedule_expiry"),
     ("http-guards", _delete("eventlet.wsgi.HttpProtocol._read_request_line"), "_read_request_line"),
     ("lean-buffers", _wrap("eventlet.wsgi.HttpProtocol.setup"), "rbufsize and wbufsize"),
+    ("gevent-takeover", _wrap("gevent.pywsgi.WSGIHandler.process_result"), "process_result ends a chunked body"),
+    ("gevent-takeover", _delete("gevent.pywsgi.WSGIHandler.get_environ"), "after get_environ()"),
 ]
 
 
@@ -266,7 +270,8 @@ def test_the_http_server_falls_back_to_the_plain_handler_and_buffers() -> None:
     assert not issubclass(lean, httpserver._HeadDeadline) and lean.rbufsize == 1024
     assert httpserver.eventlet_protocol(limits, guards=False, lean_buffers=False) is wsgi.HttpProtocol
     assert httpserver.eventlet_protocol(limits, lean_buffers=False).wbufsize == wsgi.HttpProtocol.wbufsize
-    assert httpserver.gevent_handler(limits, guards=False) is WebSocketHandler
+    plain = httpserver.gevent_handler(limits, guards=False)  # gevent-websocket's, offering the SSE take-over only
+    assert issubclass(plain, WebSocketHandler) and not issubclass(plain, httpserver._HeadDeadline)
 
 
 # -- the fallbacks, against the real server -----------------------------------------------
@@ -311,15 +316,18 @@ def test_the_live_server_passes_every_check_on_the_pinned_versions(start_server)
 
 @pytest.mark.parametrize("how", ["forced", "broken"])
 def test_takeover_and_rooms_on_their_fallbacks_still_serve_streams_with_resume(start_server, how) -> None:
+    # Each mode checks its own take-over only.
+    takeover = "takeover" if ASYNC_MODE == "eventlet" else "gevent-takeover"
     if how == "forced":
-        server = start_server(SELF_CHECK_FAIL="takeover,rooms", DIRECT_WRITES="1", SSE_HEARTBEAT_SECONDS="0.5")
-        missing = {"takeover": fences.FORCED, "rooms": fences.FORCED}
+        server = start_server(SELF_CHECK_FAIL="takeover,gevent-takeover,rooms", DIRECT_WRITES="1",
+                              SSE_HEARTBEAT_SECONDS="0.5")
+        missing = {takeover: fences.FORCED, "rooms": fences.FORCED}
     else:
-        server = start_server("tests/break_internals.py", BREAK_INTERNALS="takeover,rooms", SELF_CHECK_FAIL="",
+        server = start_server("tests/break_internals.py", BREAK_INTERNALS=f"{takeover},rooms", SELF_CHECK_FAIL="",
                               DIRECT_WRITES="1", SSE_HEARTBEAT_SECONDS="0.5")
-        missing = {"takeover": "wsproto FrameProtocol", "rooms": "basic_disconnect clears exactly"}
-    if server.env["ASYNC_MODE"] != "eventlet":
-        missing.pop("takeover")  # the take-over is eventlet's: under gevent it is neither used nor checked
+        missing = {"takeover": "wsproto FrameProtocol", "gevent-takeover": "process_result ends a chunked body",
+                   "rooms": "basic_disconnect clears exactly"}
+        missing.pop("gevent-takeover" if takeover == "takeover" else "takeover")
     lines = [line for line in server.log().splitlines() if FALLBACK_LINE in line]
     assert len(lines) == len(missing), lines
     for part, what in missing.items():
@@ -375,7 +383,7 @@ INTERNALS = {
     "_send_error_response_if_possible", "_websocket_handler", "_upgrade_websocket", "schedule_ping", "last_ping",
     "pending_connect", "pending_disconnect", "basic_enter_room", "basic_leave_room", "basic_disconnect",
     "get_participants", "send_packet", "already_handled", "WSGI_LOCAL", "rbufsize", "wbufsize", "handlers",
-    "sockets", "__closure__",
+    "sockets", "__closure__", "response_use_chunked",
 }
 # What the service calls the libraries' objects.
 LIBRARY_OBJECTS = {"eio", "eio_socket", "manager", "ws", "hub", "green", "green_socket", "frames", "sio", "socketio",

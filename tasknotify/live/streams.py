@@ -97,26 +97,27 @@ def retry_delay(config: Mapping[str, Any]) -> int:
 
 
 def sse_events(hub: StreamHub, *, after_id: int | None, viewer: Viewer, task_ids: frozenset[str] | None,
-               heartbeat: float, retry_ms: int, slot: StreamSlot, green_socket: Any = None,
+               heartbeat: float, retry_ms: int, slot: StreamSlot, handover: Any = None,
                announce_start: bool = False) -> Iterator[bytes]:
     """The byte stream of one SSE response: retry line, replay, then live events and heartbeats.
 
     With announce_start (?stream_start=1), the opening block is also a `stream_start`
     event naming the id the stream starts after, which EventSource shows to the page.
 
-    With green_socket (eventlet), the live part is written straight to the socket
-    (fanout.SSEWriter): the response ends after the replay, leaving the connection
-    open to the writer, and the stream's slot is given back when the writer ends.
+    With handover (fanout.stream_socket: eventlet, or our gevent handler), the live part is
+    written straight to the socket (fanout.SSEWriter): the response ends after the replay,
+    leaving the connection open to the writer, and the stream's slot is given back when the
+    writer ends.
     """
     store = hub.store
     # Subscribe before reading the log: an event committed after the read is then
     # held for this stream, and the id check drops what the read already sent.
     accepts = None if task_ids is None else (lambda event: event.task_id in task_ids)
     writer = None
-    if green_socket is not None:
+    if handover is not None:
         # on_end is given the writer, not a closure over it: a closed stream's objects hold no
         # reference cycle, and reference counting frees them at once (see heap.py).
-        writer = SSEWriter(green_socket, accepts, hub.queue_size, on_end=functools.partial(hub.sse_ended, slot=slot))
+        writer = SSEWriter(handover, accepts, hub.queue_size, on_end=functools.partial(hub.sse_ended, slot=slot))
         hub.broker.attach(writer, user_email=viewer.only_email)
     else:
         subscription = hub.broker.subscribe(accepts, user_email=viewer.only_email)
@@ -221,7 +222,7 @@ def task_updates() -> Response:
     slot = StreamSlot(streams, viewer)
     body = sse_events(streams, after_id=after_id, viewer=viewer, task_ids=task_ids,
                       heartbeat=config["SSE_HEARTBEAT_SECONDS"], retry_ms=retry_delay(config), slot=slot,
-                      green_socket=stream_socket(request.environ) if streams.direct_writes else None,
+                      handover=stream_socket(request.environ) if streams.direct_writes else None,
                       announce_start=request.args.get("stream_start") == "1")
     # No stream_with_context: the stream needs nothing of the request, so an idle
     # stream does not keep the request context alive.
@@ -278,8 +279,8 @@ class StreamHub:
         # MAX_CONNECTIONS bounds: this bounds them, as many again.
         self.max_streams = max_streams
         self.queue_size = queue_size
-        # Off with DIRECT_WRITES=0, outside eventlet, and when the self-check finds the take-over's
-        # internals missing (fences.py): every stream then has its queue.
+        # Off with DIRECT_WRITES=0, outside eventlet and gevent, and when the self-check finds the
+        # take-over's internals missing (fences.py): every stream then has its queue.
         self.direct_writes = direct_writes
         self._websockets = LiveWebSockets(socketio.server, queue_size) if direct_writes else None
         self.live_sse = LiveStreams(heartbeat)
@@ -590,8 +591,10 @@ def init_app(app: Flask, store: Store, broker: Broker, authenticate: Authenticat
     )
     if fence.check("malformed-packet-close", socketio.server.eio):
         close_on_malformed_packets(socketio.server.eio, MalformedPacket)
-    direct_writes = (app.config["DIRECT_WRITES"] and app.config["ASYNC_MODE"] == "eventlet"
-                     and fence.check("takeover", socketio.server))
+    mode = app.config["ASYNC_MODE"]
+    direct_writes = app.config["DIRECT_WRITES"] and (
+        (mode == "eventlet" and fence.check("takeover", socketio.server))
+        or (mode == "gevent" and fence.check("gevent-takeover")))
     hub = StreamHub(socketio, store, broker, app.config["MAX_STREAMS_PER_USER"],
                     queue_size=app.config["STREAM_QUEUE_SIZE"], direct_writes=direct_writes,
                     heartbeat=app.config["SSE_HEARTBEAT_SECONDS"], max_streams=app.config["MAX_CONNECTIONS"],

@@ -1,4 +1,4 @@
-"""Live client connections under eventlet: pre-encoded bytes written straight to their sockets.
+"""Live client connections under eventlet or gevent: pre-encoded bytes written straight to their sockets.
 
 An event is encoded once (an SSE chunk, a websocket frame) and the publisher
 writes those bytes to each client's socket with one non-blocking send: no
@@ -13,14 +13,20 @@ heartbeats and pings of all of them, and only a client whose socket is full
 gets a green thread of its own, to write what it has not taken. One that
 falls too far behind is cut off and resumes by event id.
 
-Anything not served by eventlet's own WSGI server over plain TCP (gevent,
-threads, TLS, Socket.IO long-polling) keeps the ordinary, queued path:
-`stream_socket()` returns None for it, and `LiveWebSockets` is disabled or
-declines (`send()` returns False).
+Under gevent, SSE responses served by the server's own handler
+(httpserver.gevent_handler, which puts a `GeventHandover` in each request's
+environ) are taken over the same way; the protocol logic here is shared, only
+the event-loop primitives differ (`EventletLoop`, `GeventLoop`). Socket.IO
+websockets under gevent keep the queued path.
 
-This module holds the service's reaches into eventlet's and python-engineio's
-internals (also `close_on_malformed_packets`, under every server); fences.py
-checks them at start, and `DIRECT_WRITES=0` is the path they fall back to.
+Anything else (threads, TLS, Socket.IO long-polling, gunicorn's workers) keeps
+the ordinary, queued path: `stream_socket()` returns None for it, and
+`LiveWebSockets` is disabled or declines (`send()` returns False).
+
+This module holds the service's reaches into eventlet's, gevent's and
+python-engineio's internals (also `close_on_malformed_packets`, under every
+server); fences.py checks them at start (the parts takeover and
+gevent-takeover), and `DIRECT_WRITES=0` is the path they fall back to.
 """
 
 from __future__ import annotations
@@ -86,12 +92,18 @@ def note_chunked(environ: dict[str, Any], start_response: Any) -> None:
             return
 
 
-def stream_socket(environ: dict[str, Any]) -> Any | None:
-    """The green socket of a chunked response served by eventlet over plain TCP, else None."""
-    stream = environ.get("eventlet.input")
-    if stream is None or not environ.get("fanout.chunked") or environ.get("REQUEST_METHOD") != "GET":
+def stream_socket(environ: dict[str, Any]) -> EventletHandover | GeventHandover | None:
+    """How to take over a chunked GET response served over plain TCP by eventlet or our gevent handler; else None."""
+    if environ.get("REQUEST_METHOD") != "GET":
         return None
-    return _plain_tcp(stream.get_socket())
+    handover = environ.get(GeventHandover.KEY)
+    if handover is not None:
+        return handover if handover.chunked and not handover.tls else None
+    stream = environ.get("eventlet.input")
+    if stream is None or not environ.get("fanout.chunked"):
+        return None
+    green = _plain_tcp(stream.get_socket())
+    return None if green is None else EventletHandover(green)
 
 
 def _plain_tcp(green: Any) -> Any | None:
@@ -136,6 +148,156 @@ def _keep_open(*_args: Any) -> None:
     """What eventlet's shutdown and close of a connection taken over do: nothing."""
 
 
+class EventletLoop:
+    """The event-loop primitives of a taken-over connection under eventlet."""
+
+    @staticmethod
+    def watch(raw: socket.socket, readable: Callable[[int], None]) -> Any:
+        """Call readable(fileno) from the hub whenever raw has something to read (or was closed)."""
+        from eventlet import hubs
+
+        hub = hubs.get_hub()
+        return hub.add(hub.READ, raw.fileno(), readable, _ignore, _ignore)
+
+    @staticmethod
+    def unwatch(listener: Any) -> None:
+        from eventlet import hubs
+
+        hubs.get_hub().remove(listener)
+
+    @staticmethod
+    def spawn(func: Callable[[], None]) -> Any:
+        """A green thread running func, which kill() ends."""
+        from eventlet import spawn
+
+        return spawn(func)
+
+    @staticmethod
+    def spawn_n(func: Callable[[], None]) -> None:
+        from eventlet import spawn_n
+
+        spawn_n(func)
+
+    @staticmethod
+    def wait_writable(raw: socket.socket) -> None:
+        from eventlet.hubs import trampoline
+
+        trampoline(raw, write=True)
+
+    @staticmethod
+    def wait_readable(raw: socket.socket, timeout: float) -> None:
+        """Wait until raw is readable; TimeoutError after timeout seconds."""
+        from eventlet.hubs import trampoline
+
+        trampoline(raw, read=True, timeout=timeout, timeout_exc=TimeoutError)
+
+
+class GeventLoop:
+    """The event-loop primitives of a taken-over connection under gevent (its public API)."""
+
+    @staticmethod
+    def watch(raw: socket.socket, readable: Callable[[int], None]) -> Any:
+        """Call readable(fileno) from the hub whenever raw has something to read (or was closed)."""
+        from gevent import get_hub
+
+        watcher = get_hub().loop.io(raw.fileno(), 1)  # 1: READ
+        watcher.start(readable, raw.fileno())
+        return watcher
+
+    @staticmethod
+    def unwatch(watcher: Any) -> None:
+        watcher.stop()
+        watcher.close()
+
+    @staticmethod
+    def spawn(func: Callable[[], None]) -> Any:
+        """A greenlet running func, which kill() ends (and waits for)."""
+        import gevent
+
+        return gevent.spawn(func)
+
+    @staticmethod
+    def spawn_n(func: Callable[[], None]) -> None:
+        import gevent
+
+        gevent.spawn_raw(func)
+
+    @staticmethod
+    def wait_writable(raw: socket.socket) -> None:
+        from gevent.socket import wait_write
+
+        wait_write(raw.fileno())
+
+    @staticmethod
+    def wait_readable(raw: socket.socket, timeout: float) -> None:
+        """Wait until raw is readable; TimeoutError after timeout seconds."""
+        from gevent.socket import wait_read
+
+        wait_read(raw.fileno(), timeout=timeout, timeout_exc=TimeoutError)
+
+
+Loop = type[EventletLoop] | type[GeventLoop]
+
+
+class EventletHandover:
+    """How an SSE response served by eventlet is taken over: its green socket."""
+
+    loop: Loop = EventletLoop
+
+    def __init__(self, green: Any) -> None:
+        self._green = green
+
+    def abort(self) -> None:
+        """Shut the connection before it is taken: the response's replay fails at once."""
+        _abort(self._green.fd)
+
+    def take(self) -> socket.socket:
+        return take_over(self._green)
+
+
+class GeventHandover:
+    """How a response served by our gevent handler (httpserver.gevent_handler) is taken over from it.
+
+    The handler puts one in each request's environ (under KEY), and removes and
+    releases it when the response ends. `take` leaves the handler nothing to write or
+    close: the end of the chunked body is the writer's to send, the
+    connection's request loop ends, and its socket is detached from gevent's
+    (socket.detach(), public API), the plain socket under it handed over.
+    """
+
+    KEY = "fanout.gevent_handover"
+    loop: Loop = GeventLoop
+
+    def __init__(self, handler: Any) -> None:
+        self._handler: Any = handler
+
+    def release(self) -> None:
+        """Let go of the handler when the response ends: a copy of the environ (python-socketio keeps one per
+        session) must not keep a finished request's handler alive."""
+        self._handler = None
+
+    @property
+    def chunked(self) -> bool:
+        """Whether gevent sends the response chunked: an HTTP/1.1 request, a body of unknown length."""
+        return self._handler.request_version == "HTTP/1.1"
+
+    @property
+    def tls(self) -> bool:
+        return hasattr(self._handler.socket, "getpeercert")
+
+    def abort(self) -> None:
+        """Shut the connection before it is taken: the response's replay fails at once."""
+        _abort(self._handler.socket)
+
+    def take(self) -> socket.socket:
+        handler = self._handler
+        handler.response_use_chunked = False  # process_result writes no end of the chunked body
+        handler.close_connection = True  # handle_one_request reads no next request
+        raw = _socket.socket(fileno=handler.socket.detach())  # the handler's own close then closes nothing
+        raw.setblocking(False)
+        return raw
+
+
 def _ignore(*_args: Any) -> None:
     pass
 
@@ -160,8 +322,9 @@ class LiveConnection:
 
     farewell = b""
 
-    def __init__(self, raw: socket.socket, max_pending: int) -> None:
-        self._raw = raw
+    def __init__(self, raw: socket.socket | None, max_pending: int, loop: Loop = EventletLoop) -> None:
+        self._raw = raw  # None until the connection is taken over
+        self._loop = loop
         self._max_pending = max_pending
         self._pending: deque[bytes] | None = None  # what the socket has not taken yet, in order
         self._drainer: Any = None
@@ -174,10 +337,7 @@ class LiveConnection:
 
     def watch(self) -> None:
         """From now on the hub tells this connection when the client sends something or leaves."""
-        from eventlet import hubs
-
-        hub = hubs.get_hub()
-        self._listener = hub.add(hub.READ, self._raw.fileno(), self._readable, _ignore, _ignore)
+        self._listener = self._loop.watch(self._raw, self._readable)  # type: ignore[arg-type]
 
     def send(self, data: bytes) -> None:
         if self.closed_reason is not None:
@@ -188,17 +348,15 @@ class LiveConnection:
                 self.close(EndReason.FELL_BEHIND)
             return
         try:
-            sent = self._raw.send(data)
+            sent = self._raw.send(data)  # type: ignore[union-attr]
         except BlockingIOError:
             sent = 0
         except OSError:
             self.close(EndReason.GONE)
             return
         if sent < len(data):
-            from eventlet import spawn
-
             self._pending = deque([data[sent:]])
-            self._drainer = spawn(self._drain)
+            self._drainer = self._loop.spawn(self._drain)
 
     @property
     def backlog(self) -> int:
@@ -209,14 +367,12 @@ class LiveConnection:
         if self.closed_reason is not None:
             return
         self.closed_reason = reason
-        if reason in CUT or self._pending:
+        if (reason in CUT or self._pending) and self._raw is not None:
             # Cut the connection rather than wait on a reader that does not read: it
             # reconnects and resumes from its last event id.
             _abort(self._raw)
         if self.watched:
-            from eventlet import spawn_n
-
-            spawn_n(self._end)
+            self._loop.spawn_n(self._end)
 
     def received(self, data: bytes) -> None:
         """What the client sent (called by the hub: nothing here may wait)."""
@@ -225,12 +381,10 @@ class LiveConnection:
         """Called once, from a green thread, when the connection has ended."""
 
     def _drain(self) -> None:
-        from eventlet.hubs import trampoline
-
         pending = self._pending
         try:
             while pending and self.closed_reason is None:
-                trampoline(self._raw, write=True)
+                self._loop.wait_writable(self._raw)  # type: ignore[arg-type]
                 try:
                     sent = self._raw.send(pending[0])
                 except BlockingIOError:
@@ -261,11 +415,9 @@ class LiveConnection:
             self.close(EndReason.GONE)
 
     def _end(self) -> None:
-        from eventlet import hubs
-
         if self._drainer is not None:
             self._drainer.kill()
-        hubs.get_hub().remove(self._listener)
+        self._loop.unwatch(self._listener)
         self._listener = None  # its callback is a method of this object: a reference cycle
         graceful = self.closed_reason not in CUT and not self._pending
         if graceful and self.farewell:
@@ -295,10 +447,10 @@ class SSEWriter(LiveConnection):
 
     farewell = END_CHUNK
 
-    def __init__(self, green_socket: Any, accepts: Callable[[Event], bool] | None, max_pending: int,
-                 on_end: Callable[[SSEWriter], None]) -> None:
-        super().__init__(green_socket.fd, max_pending)
-        self._green = green_socket
+    def __init__(self, handover: EventletHandover | GeventHandover, accepts: Callable[[Event], bool] | None,
+                 max_pending: int, on_end: Callable[[SSEWriter], None]) -> None:
+        super().__init__(None, max_pending, handover.loop)
+        self._handover: EventletHandover | GeventHandover | None = handover
         self._accepts = accepts
         self._on_end = on_end
         self._early: list[Event] | None = []  # events offered before go_live(); None once live
@@ -313,20 +465,24 @@ class SSEWriter(LiveConnection):
         if self._early is not None:
             self._early.append(event)
             if len(self._early) > self._max_pending:
-                # The response's green thread, writing the replay, fails at once and ends it.
                 self.close(EndReason.FELL_BEHIND)
         else:
             self.send(event.sse_chunk)
+
+    def close(self, reason: EndReason = EndReason.CLOSED) -> None:
+        if self.closed_reason is None and reason in CUT and self._handover is not None:
+            self._handover.abort()  # the response's green thread, writing the replay, fails at once and ends it
+        super().close(reason)
 
     def go_live(self, last_id: int, streams: LiveStreams, expires_at: float | None) -> None:
         """Take the connection over and send the events after last_id from now on.
 
         Called by the response's green thread when its replay is written; the
-        response then ends, and eventlet neither closes the connection nor ends
-        the chunked body.
+        response then ends, and the server (eventlet's, or our gevent handler)
+        neither closes the connection nor ends the chunked body.
         """
-        take_over(self._green)
-        self._green = None
+        self._raw = self._handover.take()  # type: ignore[union-attr]
+        self._handover = None
         self.expires_at = expires_at
         # The first heartbeat at a random point, so that streams opened together do not beat together.
         self.next_heartbeat = time.time() + streams.heartbeat * random.uniform(0.5, 1.0)
@@ -455,10 +611,8 @@ class LiveWebSocket(LiveConnection):
             self.fail(exc.code, f"websocket protocol error: {exc}")
             return
         if self._inbox and not self._handing:
-            from eventlet import spawn_n
-
             self._handing = True
-            spawn_n(self._hand_over)
+            self._loop.spawn_n(self._hand_over)
 
     def _add(self, frame: Any) -> None:
         """Add a data frame (or part of one) to the message it belongs to; a whole message goes to Engine.IO."""
@@ -502,13 +656,11 @@ class LiveWebSocket(LiveConnection):
         Closing a socket with unread input resets the connection, and the client
         may then never read the close frame it was sent.
         """
-        from eventlet.hubs import trampoline
-
         try:
-            self._raw.shutdown(socket.SHUT_WR)
+            self._raw.shutdown(socket.SHUT_WR)  # type: ignore[union-attr]
             deadline = time.monotonic() + CLOSING_HANDSHAKE_SECONDS
             while not self._client_closed and (left := deadline - time.monotonic()) > 0:
-                trampoline(self._raw, read=True, timeout=left, timeout_exc=TimeoutError)
+                self._loop.wait_readable(self._raw, left)  # type: ignore[arg-type]
                 try:
                     data = self._raw.recv(65536)
                 except BlockingIOError:

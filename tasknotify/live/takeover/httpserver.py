@@ -289,14 +289,38 @@ def eventlet_protocol(limits: Limits, guards: bool = True, lean_buffers: bool = 
 
 
 def gevent_handler(limits: Limits, guards: bool = True) -> type:
-    """gevent's HTTP handler (gevent-websocket's, as Flask-SocketIO uses when installed), guarded unless not guards."""
+    """gevent's HTTP handler (gevent-websocket's, as Flask-SocketIO uses when installed), guarded unless not guards.
+
+    Either way each request's environ offers the SSE take-over (fanout.GeventHandover), for
+    the response's end, which the stream hub uses only when the self-check allows it.
+    """
     import gevent
     from gevent import pywsgi
 
+    from tasknotify.live.takeover.fanout import GeventHandover
+
     try:
-        from geventwebsocket.handler import WebSocketHandler as base
+        from geventwebsocket.handler import WebSocketHandler as plain
     except ImportError:
-        base = pywsgi.WSGIHandler
+        plain = pywsgi.WSGIHandler
+
+    class HandingOverHandler(plain):  # type: ignore[misc, valid-type]
+        def get_environ(self) -> dict[str, Any]:
+            environ = super().get_environ()
+            environ[GeventHandover.KEY] = GeventHandover(self)
+            return environ
+
+        def handle_one_response(self) -> None:
+            try:
+                super().handle_one_response()
+            finally:
+                # The environ and the handler would hold each other (a cycle that only a garbage collection
+                # frees), and copies of the environ would hold the handler.
+                handover = self.environ.pop(GeventHandover.KEY, None)
+                if handover is not None:
+                    handover.release()
+
+    base = HandingOverHandler
     if not guards:
         return base
 
