@@ -325,6 +325,7 @@ def test_a_protocol_error_ends_the_websocket_with_a_close_frame_and_its_code(sta
     assert "Traceback" not in server.log()
 
 
+@pytest.mark.serial  # the server waits 2 s for the client's close frame (CLOSING_HANDSHAKE_SECONDS)
 @eventlet_only
 def test_a_client_still_sending_when_its_websocket_is_closed_reads_the_close_frame_and_a_clean_end(
         start_server) -> None:
