@@ -6,7 +6,6 @@ import functools
 import http.server
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,7 +18,7 @@ import jwt
 import pytest
 import requests
 
-from support import wait_for
+from support import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -50,12 +49,6 @@ def require_angular_build() -> Path:
     if not (ANGULAR_DIST / "index.html").exists():
         skip_or_fail(f"the Angular app is not built ({ANGULAR_DIST}/index.html is missing): run bin/setup-browser")
     return ANGULAR_DIST
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def make_token(user: str = USER, scopes: tuple[str, ...] = USER_SCOPES, expires_in: int = 3600) -> str:
@@ -165,13 +158,17 @@ class StaticServer:
         self.thread.join(5)
 
 
+_saved: list[float] = []  # when this process saved its screenshots (xdist workers share test-artifacts/)
+
+
 def screenshot(page: Any, name: str) -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
+    _saved.append(time.time())
     return path
 
 
 def saved_since(started: float) -> bool:
-    """Whether a screenshot was saved since started (the tests run one at a time)."""
-    return any(path.stat().st_mtime >= started for path in ARTIFACTS.glob("*.png"))
+    """Whether this process saved a screenshot since started (a test runs in one process at a time)."""
+    return any(at >= started for at in _saved)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import itertools
 import json
 import os
 import signal
@@ -64,10 +65,32 @@ def require_service(host: str, port: int, name: str) -> None:
         pytest.skip(message)
 
 
+# The servers' ports come from below the kernel's ephemeral range (32768 and up), so no client connection's
+# source port takes one between its choice and the server's bind; each pytest-xdist worker (bin/test runs
+# several) draws from a block of its own, so no two workers choose the same port.
+PORTS_FROM, PORTS_PER_WORKER, PORT_BLOCKS = 20000, 1000, 12
+_port_offsets = itertools.count()
+
+
+def _port_block() -> int:
+    """Where this process's ports start: its own block for each xdist worker (gw0, gw1, ...), block 0 without."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    index = int(worker[2:]) + 1 if worker.startswith("gw") and worker[2:].isdigit() else 0
+    return PORTS_FROM + (index % PORT_BLOCKS) * PORTS_PER_WORKER
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port nothing is bound to, on 127.0.0.1, not handed out again by this process for a thousand calls."""
+    start = _port_block()
+    for _ in range(PORTS_PER_WORKER):
+        port = start + next(_port_offsets) % PORTS_PER_WORKER
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))  # no SO_REUSEADDR: a port in TIME_WAIT is passed over too
+            except OSError:
+                continue
+            return port
+    raise AssertionError(f"no free port in {start}-{start + PORTS_PER_WORKER - 1}")
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, message: str = "condition") -> Any:
@@ -148,7 +171,7 @@ class LiveServer:
                 raise AssertionError(f"server exited with {self.process.returncode}:\n{self.log()}")
             try:
                 return requests.get(self.url + "/healthz", timeout=1).status_code == 200
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # listening, but still starting on a busy machine
                 return False
 
         wait_for(ready, timeout, "the server to answer /healthz")

@@ -37,7 +37,8 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not 
 expect = sync_api.expect
 
 TRANSPORTS = ["socketio", "sse"]
-pytestmark = pytest.mark.timeout(120)
+# serial: one Chromium for the module, and a live update must show within 2 s
+pytestmark = [pytest.mark.timeout(120), pytest.mark.serial]
 
 
 @pytest.fixture(scope="module")

@@ -191,12 +191,14 @@ def polling_client(server: LiveServer, token: str) -> socketio.Client:
     return client
 
 
+@pytest.mark.serial
 def test_sse_clients_that_come_and_go_leave_nothing_behind(start_server) -> None:
     server = start_churn_server(start_server, "sse")
     churn = Churn("sse", sse_client, lambda sock, _number: sock.close())
     churn.held_per_cycle(server, 600).check(SSE_BOUND, SSE_CYCLES)
 
 
+@pytest.mark.serial
 def test_socketio_clients_that_come_and_go_leave_nothing_behind(start_server) -> None:
     def leave(ws: websocket.WebSocket, number: int) -> None:
         if number % 2:
@@ -208,6 +210,7 @@ def test_socketio_clients_that_come_and_go_leave_nothing_behind(start_server) ->
     Churn("socketio", websocket_client, leave).held_per_cycle(server, 600).check(SOCKETIO_BOUND, SOCKETIO_CYCLES)
 
 
+@pytest.mark.serial
 def test_socketio_clients_over_long_polling_that_come_and_go_leave_nothing_behind(start_server) -> None:
     server = start_churn_server(start_server, SOCKETIO_PING_INTERVAL="1")
     # python-socketio's own client: it costs threads, so fewer, and fewer at a time.

@@ -189,6 +189,7 @@ def test_a_client_that_starts_on_long_polling_upgrades_and_keeps_every_feature(l
 
 
 @socketio_takeover
+@pytest.mark.serial
 def test_pings_keep_to_the_ping_interval_and_pongs_are_answered_where_they_are_read(start_server) -> None:
     # Pings go out from a heap read every 0.1 s; read once a second, the 1 s interval
     # stretched to 1.25-2 s, and a second's pings went out at once.

@@ -133,6 +133,7 @@ class SlowClients:
 # -- slow heads, idle connections --------------------------------------------------
 
 
+@pytest.mark.serial
 def test_a_flood_of_slow_heads_does_not_keep_others_out(start_server):
     """More connections trickling their headers than MAX_CONNECTIONS: /healthz is answered after the header timeout."""
     timeout = 2.0
@@ -157,6 +158,7 @@ def _connect_all(port: int, count: int, timeout: float) -> tuple[list[socket.soc
     return opened, timed_out
 
 
+@pytest.mark.serial
 def test_a_burst_of_connections_waits_in_the_listening_queue_not_in_tcp_retransmissions(start_server):
     """Clients that connect while the server cannot accept them (every browser back after a restart) are queued by
     the kernel up to the listening backlog, by default the system's maximum; past it, their SYNs are dropped."""
@@ -206,6 +208,7 @@ def test_the_listening_backlog_is_a_setting(start_server):
     assert listening.stdout.split()[2] == "123", listening.stdout
 
 
+@pytest.mark.serial
 def test_a_head_that_does_not_arrive_in_time_gets_408_and_is_closed(start_server):
     timeout = 1.5
     server = start_server(HEADER_TIMEOUT_SECONDS=str(timeout), NOTIFY_WORKERS="1")
@@ -219,6 +222,7 @@ def test_a_head_that_does_not_arrive_in_time_gets_408_and_is_closed(start_server
     assert timeout - 0.5 < elapsed < timeout + 10, f"closed after {elapsed:.1f}s"
 
 
+@pytest.mark.serial
 def test_a_connection_that_sends_nothing_is_closed_without_an_answer(start_server):
     timeout = 1.5
     server = start_server(HEADER_TIMEOUT_SECONDS=str(timeout), NOTIFY_WORKERS="1")
@@ -230,6 +234,7 @@ def test_a_connection_that_sends_nothing_is_closed_without_an_answer(start_serve
     assert timeout - 0.5 < elapsed < timeout + 10, f"closed after {elapsed:.1f}s"
 
 
+@pytest.mark.serial
 def test_an_idle_keep_alive_connection_is_closed_after_the_idle_limit(start_server):
     """Between requests a connection may idle longer than the header timeout, up to KEEPALIVE_IDLE_SECONDS."""
     idle = 6.0  # well above the 1.5 s the client idles: a loaded machine may be slow to read and send

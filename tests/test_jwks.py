@@ -346,6 +346,7 @@ def test_a_new_kid_is_picked_up_after_one_refetch(with_idp, idp, keys):
     assert len(idp.fetches("a")) == before + 1  # known now: no more fetches
 
 
+@pytest.mark.serial
 def test_keys_are_refreshed_before_their_max_age_and_a_retired_kid_stops_working(with_idp, idp, keys):
     idp.issuers["a"].cache_control = "max-age=6"
     server = with_idp()

@@ -118,6 +118,7 @@ def when_closed(ws: websocket.WebSocket, timeout: float) -> float:
 # -- 14: the ping timeout ------------------------------------------------------------
 
 
+@pytest.mark.serial
 @pytest.mark.skipif(ASYNC_MODE != "eventlet",
                     reason="under gevent, python-engineio's service task drops a silent client up to a ping timeout "
                            "late; the deadline kept to the tick is the eventlet take-over's (fanout.py)")
@@ -235,6 +236,7 @@ def test_a_malformed_upgrade_closes_the_websocket_and_the_session_goes_on_over_l
     assert "Traceback" not in server.log()
 
 
+@pytest.mark.serial
 @eventlet_only
 @BOTH_PATHS
 def test_a_websocket_that_sends_no_probe_is_closed_after_a_ping_interval_and_timeout(start_server,
@@ -323,6 +325,7 @@ def test_a_protocol_error_ends_the_websocket_with_a_close_frame_and_its_code(sta
     assert "Traceback" not in server.log()
 
 
+@pytest.mark.serial  # the server waits 2 s for the client's close frame (CLOSING_HANDSHAKE_SECONDS)
 @eventlet_only
 def test_a_client_still_sending_when_its_websocket_is_closed_reads_the_close_frame_and_a_clean_end(
         start_server) -> None:

@@ -204,6 +204,7 @@ def test_close_is_idempotent_and_stops_the_listener(make_broker: Callable[..., R
     broker.publish(event(1))  # ignored, no error
 
 
+@pytest.mark.serial
 def test_an_outage_is_reported_and_survived(make_broker: Callable[..., RedisBroker], redis_server: RedisServer) -> None:
     broker = make_broker(redis_server.url, timeout=1.0, backoff_max_seconds=0.5)
     before = broker.subscribe()

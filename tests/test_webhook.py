@@ -224,6 +224,7 @@ def test_any_2xx_is_a_delivery(receiver: Receiver, status: int) -> None:
     assert receiver.count() == 1
 
 
+@pytest.mark.serial
 def test_a_receiver_that_never_answers_times_out_retryably(receiver: Receiver) -> None:
     receiver.release.clear()  # hold every request
     started = time.monotonic()
