@@ -277,6 +277,11 @@ class RecordingSMTPHandler:
         with self._lock:
             return len(self.messages)
 
+    def received(self) -> list[tuple[EmailMessage, list[str]]]:
+        """Each message with its recipients, read together while none is being added."""
+        with self._lock:
+            return list(zip(self.messages, self.recipients, strict=True))
+
 
 class SMTPServer:
     """aiosmtpd on a fixed free port, which can be stopped (nothing listens) and started again.

@@ -98,8 +98,7 @@ def parts(message: Any) -> tuple[str, str]:
 
 
 def messages_to(smtp: SMTPServer, user: str) -> list[Any]:
-    return [m for m, rcpt in zip(list(smtp.handler.messages), list(smtp.handler.recipients), strict=True)
-            if rcpt == [user]]
+    return [m for m, rcpt in smtp.handler.received() if rcpt == [user]]
 
 
 def settle(server: LiveServer, smtp: SMTPServer) -> None:
