@@ -217,6 +217,26 @@ class LiveServer:
         return SocketIOClient(self.url, auth={**({"token": token} if token else {}), **(auth or {})}).connect()
 
 
+def refused_start(tmp_path: Path, **env: str) -> str:
+    """Run `python app.py` with env (and little else), which must refuse to start: the one line it printed."""
+    refused = subprocess.run([sys.executable, "app.py"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                             env={"PATH": "/usr/bin:/bin", "PYTHONWARNINGS": "ignore", "PORT": str(free_port()),
+                                  "INSTANCE_PATH": str(tmp_path / "instance"), **env})
+    assert refused.returncode != 0, refused.stderr
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in refused.stderr, refused.stderr
+    return lines[0]
+
+
+def settings_error(**env: str) -> str:
+    """Why the settings env are refused: what `python app.py` prints after "configuration: " (in this process)."""
+    from tasknotify.factory import load_settings
+
+    with pytest.raises(ValueError) as refused:
+        load_settings(env)
+    return str(refused.value)
+
+
 # -- SMTP --------------------------------------------------------------------------
 
 

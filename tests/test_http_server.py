@@ -19,7 +19,7 @@ import pytest
 import requests
 import socketio
 
-from support import ROOT, free_port, wait_for
+from support import ROOT, free_port, refused_start, settings_error, wait_for
 
 HEAD = b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
 ASYNC_MODE = os.environ.get("TEST_ASYNC_MODE", "eventlet")
@@ -316,14 +316,14 @@ REFUSED = {
 }
 
 
-@pytest.mark.parametrize("case", REFUSED)
-def test_requests_the_server_refuses_itself_get_the_json_error_shape(live_server, case):
-    request, status, code = REFUSED[case]
-    answer = exchange(live_server.port, request)
-    assert answer.status == status, (answer.status, answer.body)
-    assert answer.error()["code"] == code
-    assert answer.headers.get("connection") == "close"
-    assert answer.rest == b""  # nothing after it: the connection is closed
+def test_requests_the_server_refuses_itself_get_the_json_error_shape(live_server, subtests):
+    for case, (request, status, code) in REFUSED.items():
+        with subtests.test(case):
+            answer = exchange(live_server.port, request)
+            assert answer.status == status, (answer.status, answer.body)
+            assert answer.error()["code"] == code
+            assert answer.headers.get("connection") == "close"
+            assert answer.rest == b""  # nothing after it: the connection is closed
 
 
 def test_a_refused_head_request_gets_no_body(live_server):
@@ -332,17 +332,16 @@ def test_a_refused_head_request_gets_no_body(live_server):
     assert answer.body == b"" and answer.rest == b""
 
 
-@pytest.mark.parametrize("handshake", [
-    b"Sec-WebSocket-Version: 99\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
-    b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: !!!\r\n",
-    b"Sec-WebSocket-Version: 13\r\n",
-])
-def test_a_bad_websocket_handshake_gets_the_json_error_shape(live_server, handshake):
-    with socket.create_connection(("127.0.0.1", live_server.port), timeout=10) as sock:
-        sock.sendall(HEAD + b"Upgrade: websocket\r\nConnection: Upgrade\r\n" + handshake + b"\r\n")
-        answer = read_response(sock)
-    assert answer.status in (400, 426), (answer.status, answer.body)
-    assert answer.error()["code"] in ("bad_request", "upgrade_required")
+def test_a_bad_websocket_handshake_gets_the_json_error_shape(live_server, subtests):
+    for handshake in (b"Sec-WebSocket-Version: 99\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+                      b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: !!!\r\n",
+                      b"Sec-WebSocket-Version: 13\r\n"):
+        with subtests.test(handshake=handshake), socket.create_connection(("127.0.0.1", live_server.port),
+                                                                           timeout=10) as sock:
+            sock.sendall(HEAD + b"Upgrade: websocket\r\nConnection: Upgrade\r\n" + handshake + b"\r\n")
+            answer = read_response(sock)
+            assert answer.status in (400, 426), (answer.status, answer.body)
+            assert answer.error()["code"] in ("bad_request", "upgrade_required")
 
 
 # The guarded server with an app whose streamed body fails before its first byte (nothing in the service does).
@@ -400,10 +399,10 @@ def test_an_error_escaping_the_app_is_answered_without_its_traceback(tmp_path):
 @pytest.mark.parametrize("name, value", [("HEADER_TIMEOUT_SECONDS", "0"), ("KEEPALIVE_IDLE_SECONDS", "soon"),
                                          ("LISTEN_BACKLOG", "-1"), ("LISTEN_BACKLOG", "1e9"),
                                          ("SSE_RETRY_SPREAD_MS", "-5"), ("SSE_RETRY_SPREAD_MS", "many")])
-def test_a_bad_server_setting_stops_the_server_with_one_line(tmp_path, name, value):
-    refused = subprocess.run([sys.executable, "app.py"], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                             env={"PATH": "/usr/bin:/bin", name: value, "INSTANCE_PATH": str(tmp_path),
-                                  "PORT": str(free_port())})
-    assert refused.returncode != 0
-    assert f"configuration: invalid value for {name}: {value!r}" in refused.stderr
-    assert "Traceback" not in refused.stderr
+def test_a_bad_server_setting_is_refused_by_name_and_value(name, value):
+    assert settings_error(**{name: value}).startswith(f"invalid value for {name}: {value!r}")
+
+
+def test_a_bad_server_setting_stops_the_server_with_one_line(tmp_path):
+    assert refused_start(tmp_path, LISTEN_BACKLOG="1e9").startswith(
+        "configuration: invalid value for LISTEN_BACKLOG: '1e9'")

@@ -8,8 +8,6 @@ waits for real minutes or hours.
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import requests
 
-from support import ROOT, SECRET, LiveServer, SMTPServer, make_token, wait_for
+from support import SECRET, LiveServer, SMTPServer, make_token, refused_start, settings_error, wait_for
 from tasknotify.delivery import preferences
 from tasknotify.delivery.preferences import Decision, UnsubscribeLinks, decide, quiet_until
 from tasknotify.preference_document import EVENT_TYPES, Preferences
@@ -391,19 +389,21 @@ def test_a_template_override_is_used_and_headers_stay_safe(start_server, smtp, t
     ("digest.html", "<p>{% for item in tasks %}{{ item.task_id }}</p>", "digest.html, line 1"),
     ("event.txt", "Hello {{ no_such_variable }}", "event.txt does not render: 'no_such_variable' is undefined"),
 ])
-def test_a_broken_template_stops_the_start_with_one_line(tmp_path, name, source, says):
+def test_a_broken_template_is_refused_with_its_name_and_line(tmp_path, name, source, says):
     folder = tmp_path / "templates"
     folder.mkdir()
     (folder / name).write_text(source)
-    refused = subprocess.run([sys.executable, "app.py"], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                             env={"PATH": "/usr/bin:/bin", "PYTHONWARNINGS": "ignore",
-                                  "EMAIL_TEMPLATES_DIR": str(folder), "INSTANCE_PATH": str(tmp_path / "instance"),
-                                  "SMTP_HOST": "127.0.0.1"})
-    assert refused.returncode != 0
-    lines = refused.stderr.strip().splitlines()
-    assert len(lines) == 1, refused.stderr
-    assert lines[0].startswith(f"configuration: invalid value for EMAIL_TEMPLATES_DIR: '{folder}' ")
-    assert says in lines[0]
+    error = settings_error(EMAIL_TEMPLATES_DIR=str(folder))
+    assert error.startswith(f"invalid value for EMAIL_TEMPLATES_DIR: '{folder}' ") and says in error
+
+
+def test_a_broken_template_stops_the_start_with_one_line(tmp_path):
+    folder = tmp_path / "templates"
+    folder.mkdir()
+    (folder / "event.txt").write_text("Hello {{ no_such_variable }}")
+    line = refused_start(tmp_path, EMAIL_TEMPLATES_DIR=str(folder), SMTP_HOST="127.0.0.1")
+    assert line.startswith(f"configuration: invalid value for EMAIL_TEMPLATES_DIR: '{folder}' ")
+    assert "event.txt does not render: 'no_such_variable' is undefined" in line
 
 
 # -- the preferences API --------------------------------------------------------------------
@@ -458,13 +458,13 @@ def test_with_auth_off_preferences_need_a_user_email(make_app):
                                              ("DEFAULT_QUIET_HOURS", "22-7"), ("DEFAULT_EMAIL_EVENTS", "task.x"),
                                              ("PUBLIC_URL", "ftp://example.com"),
                                              ("EMAIL_TEMPLATES_DIR", "/no/such/folder")])
-def test_a_bad_preference_setting_stops_the_start(tmp_path, name, value):
-    refused = subprocess.run([sys.executable, "app.py"], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                             env={"PATH": "/usr/bin:/bin", "PYTHONWARNINGS": "ignore", name: value,
-                                  "INSTANCE_PATH": str(tmp_path)})
-    assert refused.returncode != 0
-    assert refused.stderr.strip().splitlines() == [refused.stderr.strip()]
-    assert refused.stderr.startswith(f"configuration: invalid value for {name}: {value!r}")
+def test_a_bad_preference_setting_is_refused_by_name_and_value(name, value):
+    assert settings_error(**{name: value}).startswith(f"invalid value for {name}: {value!r}")
+
+
+def test_a_bad_preference_setting_stops_the_start(tmp_path):
+    assert refused_start(tmp_path, DEFAULT_TIMEZONE="Nowhere/X").startswith(
+        "configuration: invalid value for DEFAULT_TIMEZONE: 'Nowhere/X'")
 
 
 # -- the decision, unit by unit ---------------------------------------------------------------
