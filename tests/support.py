@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import http.client
 import itertools
 import json
 import os
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import engineio
 import pytest
@@ -352,7 +354,7 @@ class SSEClient:
         self.response_headers: dict[str, str] = {}
         self.closed = threading.Event()
         self.error: BaseException | None = None
-        self._response: requests.Response | None = None
+        self._socket: socket.socket | None = None
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def start(self) -> SSEClient:
@@ -361,20 +363,26 @@ class SSEClient:
         return self
 
     def _run(self) -> None:
+        url = urlsplit(self.url)
+        connection = http.client.HTTPConnection(url.hostname, url.port, timeout=5)
         try:
-            with requests.get(self.url, headers=self.headers, stream=True, timeout=(5, 60)) as response:
-                self._response = response
-                self.response_headers = dict(response.headers)
-                self.status = response.status_code
-                buffer = b""
-                for chunk in response.raw.stream(None, decode_content=False):
-                    buffer += chunk
-                    while b"\n\n" in buffer:
-                        block, buffer = buffer.split(b"\n\n", 1)
-                        self._parse(block.decode())
+            connection.connect()
+            self._socket = connection.sock
+            connection.sock.settimeout(60)
+            connection.request("GET", url.path + (f"?{url.query}" if url.query else ""), headers=self.headers)
+            response = connection.getresponse()
+            self.response_headers = dict(response.getheaders())
+            self.status = response.status
+            buffer = b""
+            while chunk := response.read1(65536):
+                buffer += chunk
+                while b"\n\n" in buffer:
+                    block, buffer = buffer.split(b"\n\n", 1)
+                    self._parse(block.decode())
         except Exception as exc:  # noqa: BLE001 - the test reads it
             self.error = exc
         finally:
+            connection.close()
             self.closed.set()
 
     def _parse(self, block: str) -> None:
@@ -401,12 +409,11 @@ class SSEClient:
         return self.events
 
     def close(self) -> None:
-        if self._response is not None:
+        if self._socket is not None:
             try:
-                self._response.raw._fp.fp.raw._sock.shutdown(socket.SHUT_RDWR)  # unblock the reader
-            except (AttributeError, OSError):
+                self._socket.shutdown(socket.SHUT_RDWR)  # unblocks the reader, which then closes the connection
+            except OSError:
                 pass
-            self._response.close()
         self._thread.join(5)
 
 
