@@ -21,6 +21,10 @@ if __name__ == "__main__":
 
         monkey.patch_all()
 
+    from tasknotify.launch import open_listener
+
+    listener = open_listener()  # before the service's imports: clients of a restart wait, not refused
+
 import sys
 
 from tasknotify.factory import create_app, main, make_broker, raise_open_files_limit, shutdown, start
@@ -28,4 +32,4 @@ from tasknotify.factory import create_app, main, make_broker, raise_open_files_l
 __all__ = ["create_app", "main", "make_broker", "raise_open_files_limit", "shutdown", "start"]
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(listener))

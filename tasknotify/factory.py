@@ -149,7 +149,8 @@ def raise_open_files_limit(wanted: int) -> int:
     return soft
 
 
-def main() -> None:
+def main(listener: Any = None) -> None:
+    """Serve until SIGTERM or SIGINT, on listener when given (launch.open_listener, opened before the imports)."""
     try:
         settings = load_settings()
     except ValueError as exc:
@@ -160,8 +161,7 @@ def main() -> None:
         raise SystemExit(f"ASYNC_MODE must be eventlet, gevent or threading, not {mode!r}")
     if mode != "threading" and (settings["DATABASE_URL"] or "").startswith(("postgres", "postgresql")):
         db.cooperative_postgres()
-    listener = None
-    if mode != "threading":
+    if mode != "threading" and listener is None:
         try:
             listener = httpserver.listen(settings["HOST"], settings["PORT"], settings["LISTEN_BACKLOG"])
         except OSError as exc:

@@ -396,6 +396,50 @@ def test_an_error_escaping_the_app_is_answered_without_its_traceback(tmp_path):
         assert answer.body == b""
 
 
+# `python app.py` whose import of the service (tasknotify.factory) waits until the file IMPORT_GATE exists.
+GATED_START = """
+import importlib.abc, os, runpy, sys, time
+gate = os.environ["IMPORT_GATE"]
+
+class Gate(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "tasknotify.factory":
+            print("importing the service", file=sys.stderr, flush=True)
+            while not os.path.exists(gate):
+                time.sleep(0.02)
+        return None
+
+sys.meta_path.insert(0, Gate())
+sys.path.insert(0, os.getcwd())
+runpy.run_path("app.py", run_name="__main__")
+"""
+
+
+def test_a_client_of_a_starting_server_waits_in_the_listening_queue_and_is_answered(tmp_path):
+    """The port listens before the service is imported (launch.py): a client of a restart is not refused."""
+    port, gate, log_path = free_port(), tmp_path / "go", tmp_path / "server.log"
+    env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1", "ASYNC_MODE": ASYNC_MODE, "IMPORT_GATE": str(gate),
+           "INSTANCE_PATH": str(tmp_path / "instance"), "NOTIFY_WORKERS": "1"}
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([sys.executable, "-c", GATED_START], cwd=ROOT, env=env, stdout=log, stderr=log)
+    try:
+        def connected() -> socket.socket | None:
+            assert process.poll() is None, log_path.read_text()
+            try:
+                return socket.create_connection(("127.0.0.1", port), timeout=1)
+            except OSError:
+                return None
+
+        with wait_for(connected, 30, "the port to listen while the service is not imported yet") as sock:
+            wait_for(lambda: "importing the service" in log_path.read_text(), 30, "the import of the service to wait")
+            sock.sendall(HEAD + b"\r\n")
+            gate.touch()
+            assert read_response(sock, timeout=60).status == 200
+    finally:
+        process.kill()
+        process.wait()
+
+
 @pytest.mark.parametrize("name, value", [("HEADER_TIMEOUT_SECONDS", "0"), ("KEEPALIVE_IDLE_SECONDS", "soon"),
                                          ("LISTEN_BACKLOG", "-1"), ("LISTEN_BACKLOG", "1e9"),
                                          ("SSE_RETRY_SPREAD_MS", "-5"), ("SSE_RETRY_SPREAD_MS", "many")])

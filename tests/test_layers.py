@@ -12,7 +12,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 LAYERS = "api above delivery and live, above the store, above the base modules"
-TAKEOVER = "live.takeover is used by live/streams.py (and by factory.py, which serves with its HTTP server)"
+TAKEOVER = ("live.takeover is used by live/streams.py (and by factory.py and launch.py, which serve with its HTTP "
+            "server)")
 LIVE = "inside live: the streams above the take-over, above the broker"
 
 pytestmark = pytest.mark.store_agnostic  # no database in sight
