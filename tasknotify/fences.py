@@ -259,9 +259,11 @@ def _gevent_websocket_requirements(eio: Any) -> list[Requirement]:
     return [
         ("engineio Server._async['websocket'], the gevent driver's over gevent-websocket: built as (handler, "
          "server), it keeps environ and environ['wsgi.websocket'] (_sock)", websocket_class),
-        ("geventwebsocket WebSocket: closed, receive(), send(message)",
-         lambda: "closed" in WebSocket.__slots__ and _binds(WebSocket.receive, None)
-         and _binds(WebSocket.send, None, "")),
+        ("geventwebsocket WebSocket: closed, handler, environ, receive(), send(message); close() (its finalizer's) "
+         "reaches its app through handler",
+         lambda: {"closed", "handler", "environ"} <= set(WebSocket.__slots__) and _binds(WebSocket.receive, None)
+         and _binds(WebSocket.send, None, "") and "current_app" in _names(WebSocket.close)
+         and "handler" in _names(WebSocket.current_app.fget)),
         ("geventwebsocket WebSocketHandler.run_websocket closes the websocket after the app unless it is closed",
          lambda: {"closed", "close", "application"} <= _names(WebSocketHandler.run_websocket)),
         ("geventwebsocket Stream reads through the handler's rfile", lambda: "rfile" in _names(Stream.__init__)),

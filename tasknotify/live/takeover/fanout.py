@@ -1011,7 +1011,11 @@ class _GeventWebSocket:
 
     def take(self) -> tuple[socket.socket, bytes]:
         """The raw socket, taken from gevent, and what its buffered reader read ahead (the client's next frames)."""
-        self._websocket.closed = True  # gevent-websocket's handler writes no close frame after the app returns
+        websocket = self._websocket
+        websocket.closed = True  # gevent-websocket's handler writes no close frame after the app returns
+        # Without its handler, the websocket's finalizer (a close() that finds it closed) stops at once: it
+        # would otherwise make classes in reference cycles for its app (current_app), two per connection.
+        websocket.handler = websocket.environ = None
         raw = self._handover.take()
         return raw, self._handover.unread()
 
