@@ -116,7 +116,7 @@ def on_fallback(part: str) -> bool:
 
 def takeover_off(transport: str = "socketio") -> str | None:
     """Why this run's servers do not take live streams of transport ("sse", "socketio") over from their HTTP
-    server (fanout.py), or None when they do."""
+    server (fanout.py), or None when they do (eventlet and gevent take both over alike)."""
     mode = os.environ.get("TEST_ASYNC_MODE", "eventlet")
     if mode not in ("eventlet", "gevent"):
         return f"writing straight to sockets is eventlet's and gevent's path, not {mode}'s"

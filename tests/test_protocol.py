@@ -2,7 +2,7 @@
 
 Raw websocket clients (websocket-client) speak Engine.IO by hand, so that what
 the server writes (pings, close frames and their status codes) can be read and
-timed. Most tests run on both paths: the connections taken over from eventlet
+timed. Most tests run on both paths: the connections taken over from the server
 (fanout.py, DIRECT_WRITES=1) and stock python-engineio (DIRECT_WRITES=0), which
 they must match.
 """

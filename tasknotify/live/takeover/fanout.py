@@ -13,18 +13,20 @@ heartbeats and pings of all of them, and only a client whose socket is full
 gets a green thread of its own, to write what it has not taken. One that
 falls too far behind is cut off and resumes by event id.
 
-Under gevent, SSE responses served by the server's own handler
-(httpserver.gevent_handler, which puts a `GeventHandover` in each request's
-environ) are taken over the same way; the protocol logic here is shared, only
-the event-loop primitives differ (`EventletLoop`, `GeventLoop`). Socket.IO
-websockets under gevent keep the queued path.
+Under gevent, SSE responses and Socket.IO websockets served by the server's
+own handler (httpserver.gevent_handler, which puts a `GeventHandover` in each
+request's environ) are taken over the same way: a websocket from
+gevent-websocket, which then writes and closes nothing on it, with what its
+reader read ahead. The protocol logic here is shared, only the event-loop
+primitives (`EventletLoop`, `GeventLoop`) and the websocket being finished
+(`_EventletWebSocket`, `_GeventWebSocket`) differ.
 
 Anything else (threads, TLS, Socket.IO long-polling, gunicorn's workers) keeps
 the ordinary, queued path: `stream_socket()` returns None for it, and
 `LiveWebSockets` is disabled or declines (`send()` returns False).
 
 This module holds the service's reaches into eventlet's, gevent's and
-python-engineio's internals (also `close_on_malformed_packets`, under every
+gevent-websocket's and python-engineio's internals (also `close_on_malformed_packets`, under every
 server); fences.py checks them at start (the parts takeover and
 gevent-takeover), and `DIRECT_WRITES=0` is the path they fall back to.
 """
@@ -328,7 +330,7 @@ def _yielding(items: list[Any], batch: int = 256) -> Iterator[Any]:
 
 
 class LiveConnection:
-    """A client connection taken over from eventlet: written without waiting, watched by the hub.
+    """A client connection taken over from eventlet or gevent: written without waiting, watched by the hub.
 
     `send` writes at once what the socket takes; the rest waits in order and
     is written by a green thread started for it. Past max_pending waiting
@@ -551,7 +553,7 @@ class LiveStreams:
 
 
 class LiveWebSocket(LiveConnection):
-    """A Socket.IO websocket taken over from eventlet, standing in for its Engine.IO socket's queue.
+    """A Socket.IO websocket taken over from eventlet or gevent, standing in for its Engine.IO socket's queue.
 
     What Engine.IO sends (`put`) is encoded and written at once; what the
     client sends is parsed here (wsproto) and handed to Engine.IO in order,
@@ -733,7 +735,7 @@ _ENDED = _EndedQueue()
 
 
 class LiveWebSockets:
-    """The Socket.IO server's websocket connections, taken over from eventlet once open.
+    """The Socket.IO server's websocket connections, taken over from eventlet or our gevent handler once open.
 
     Engine.IO keeps a green thread per connection to read, one to write and
     one to wait for the next ping; a taken-over connection has none. The
