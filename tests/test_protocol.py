@@ -223,6 +223,20 @@ def after_malformed_upgrade(server: Any, frames: list[Any]) -> tuple[Any, Any]:
             "polling goes on" if events == [event_id] and packets.count("6") <= 1 else packets)
 
 
+@BOTH_PATHS
+def test_packets_sent_right_after_the_upgrade_packet_are_all_handled(start_server, direct_writes) -> None:
+    """Frames that come with the upgrade packet, which a server's buffered reader may have read already."""
+    server = start_server(DIRECT_WRITES=direct_writes)
+    ws = websocket.create_connection(ws_url(server, polling_session(server)), timeout=10)
+    ws.send("2probe")
+    assert ws.recv() == "3probe"
+    ws.sock.sendall(masked_frame(0x81, b"5") + masked_frame(0x81, b'421["subscribe",{"task_id":"not an id"}]'))
+    while (answer := ws.recv()) == "6":  # stock python-engineio may send the NOOP that ended no poll here
+        pass
+    assert answer.startswith("431["), answer  # the subscription's acknowledgement
+    ws.close()
+
+
 @STOCK_UNDER_EVENTLET
 def test_a_malformed_upgrade_closes_the_websocket_and_the_session_goes_on_over_long_polling(
         start_server, direct_writes) -> None:
