@@ -16,7 +16,7 @@ missing (WARNING; ERROR for the HTTP server's guards, whose fallback has no
 deadline for request heads), and the gauge `library_fallbacks{part}` is 1.
 
     takeover                live streams taken over from eventlet (fanout.py)   -> the queued path (DIRECT_WRITES=0)
-    gevent-takeover         SSE streams taken over from gevent (fanout.py)      -> the queued path (DIRECT_WRITES=0)
+    gevent-takeover         live streams taken over from gevent (fanout.py)     -> the queued path (DIRECT_WRITES=0)
     rooms                   the indexed client manager (rooms.py)               -> python-socketio's stock manager
     connect-events          real connects/disconnects told from a client's own  -> the stream hub's own record
     malformed-packet-close  an unparsable packet ends its connection            -> python-socketio drops the packet
@@ -101,13 +101,10 @@ def takeover_requirements(sio_server: Any) -> list[Requirement]:
     """fanout.py: eventlet's WSGI server, green sockets and hub; Engine.IO's sockets; wsproto's frame parser."""
     import _socket
 
-    import engineio.base_socket
-    import engineio.socket
     from eventlet import greenio, hubs, websocket, wsgi
-    from wsproto.frame_protocol import FrameProtocol
 
     eio = sio_server.eio
-    protocol, eio_socket = wsgi.HttpProtocol, engineio.socket.Socket
+    protocol = wsgi.HttpProtocol
 
     def chunking_known() -> bool:
         respond = protocol.handle_one_response
@@ -130,12 +127,6 @@ def takeover_requirements(sio_server: Any) -> list[Requirement]:
         base = eio._async["websocket"]
         return "eventlet" in base.__module__ and _binds(base, print, eio)
 
-    def frame_parser() -> bool:
-        frames = FrameProtocol(client=False, extensions=[])
-        return (inspect.isgenerator(frames._parse_more) and _binds(frames.receive_bytes, b"")
-                and _binds(frames.received_frames) and _binds(frames.pong, b"") and _binds(frames.close, 1000, ""))
-
-    state = {"sid", "server", "queue", "last_ping", "connected", "upgrading", "upgraded", "closing", "closed"}
     return [
         ("eventlet.wsgi.HttpProtocol.handle_one_response: start_response closes over the handler, whose "
          "request_version decides chunking", chunking_known),
@@ -152,6 +143,26 @@ def takeover_requirements(sio_server: Any) -> list[Requirement]:
          and "websocket_closed" in _names(websocket.RFC6455WebSocket._send_closing_frame)
          and _binds(websocket.RFC6455WebSocket.wait, None) and _binds(websocket.RFC6455WebSocket.send, None, "")),
         ("engineio Server._async['websocket'], eventlet's, built as (handler, server)", websocket_class),
+        *_live_websockets_requirements(sio_server),
+    ]
+
+
+def _live_websockets_requirements(sio_server: Any) -> list[Requirement]:
+    """fanout.LiveWebSockets under either server: Engine.IO's sockets, Socket.IO's rooms, wsproto's frame parser."""
+    import engineio.base_socket
+    import engineio.socket
+    from wsproto.frame_protocol import FrameProtocol
+
+    eio = sio_server.eio
+    eio_socket = engineio.socket.Socket
+
+    def frame_parser() -> bool:
+        frames = FrameProtocol(client=False, extensions=[])
+        return (inspect.isgenerator(frames._parse_more) and _binds(frames.receive_bytes, b"")
+                and _binds(frames.received_frames) and _binds(frames.pong, b"") and _binds(frames.close, 1000, ""))
+
+    state = {"sid", "server", "queue", "last_ping", "connected", "upgrading", "upgraded", "closing", "closed"}
+    return [
         ("engineio Socket._upgrade_websocket builds it from server._async with Socket._websocket_handler",
          lambda: {"_async", "_websocket_handler"} <= _names(eio_socket._upgrade_websocket)),
         ("engineio Server.sockets, a dict that Server._handle_connect sets",
@@ -175,13 +186,17 @@ def takeover_requirements(sio_server: Any) -> list[Requirement]:
     ]
 
 
-def gevent_takeover_requirements() -> list[Requirement]:
-    """fanout.GeventHandover and GeventLoop: gevent's WSGI handler, what it does at a response's end; its hub."""
+def gevent_takeover_requirements(sio_server: Any) -> list[Requirement]:
+    """fanout.GeventHandover and GeventLoop: gevent's WSGI handler, what it does at a response's end; its hub.
+
+    For Socket.IO websockets too (fanout.LiveWebSockets): python-engineio's gevent driver and gevent-websocket.
+    """
     import gevent
     import gevent.socket
     from gevent import pywsgi
 
     handler = pywsgi.WSGIHandler
+    eio = sio_server.eio
 
     def detach_gives_fd() -> bool:
         ours, theirs = gevent.socket.socketpair()
@@ -222,6 +237,36 @@ def gevent_takeover_requirements() -> list[Requirement]:
         ("gevent.spawn(func), gevent.spawn_raw(func), Greenlet.kill()",
          lambda: _binds(gevent.spawn, print) and _binds(gevent.spawn_raw, print) and _binds(gevent.Greenlet.kill,
                                                                                             None)),
+        ("gevent.pywsgi.WSGIHandler.rfile, the connection's buffered reader (peek())",
+         lambda: "rfile" in _names(handler.__init__) and _binds(pywsgi.WSGIHandler.__init__, None, None, None, None,
+                                                                 rfile=None)),
+        *_gevent_websocket_requirements(eio),
+        *_live_websockets_requirements(sio_server),
+    ]
+
+
+def _gevent_websocket_requirements(eio: Any) -> list[Requirement]:
+    """fanout._GeventWebSocket: python-engineio's gevent driver over gevent-websocket's WebSocket and handler."""
+    from geventwebsocket.handler import WebSocketHandler
+    from geventwebsocket.websocket import Stream, WebSocket
+
+    def websocket_class() -> bool:
+        base = eio._async["websocket"]
+        call = base.__call__
+        return (base.__module__ == "engineio.async_drivers.gevent" and _binds(base, print, eio)
+                and {"_sock", "environ"} <= _names(call) and "wsgi.websocket" in _code(call).co_consts)
+
+    return [
+        ("engineio Server._async['websocket'], the gevent driver's over gevent-websocket: built as (handler, "
+         "server), it keeps environ and environ['wsgi.websocket'] (_sock)", websocket_class),
+        ("geventwebsocket WebSocket: closed, handler, environ, receive(), send(message); close() (its finalizer's) "
+         "reaches its app through handler",
+         lambda: {"closed", "handler", "environ"} <= set(WebSocket.__slots__) and _binds(WebSocket.receive, None)
+         and _binds(WebSocket.send, None, "") and "current_app" in _names(WebSocket.close)
+         and "handler" in _names(WebSocket.current_app.fget)),
+        ("geventwebsocket WebSocketHandler.run_websocket closes the websocket after the app unless it is closed",
+         lambda: {"closed", "close", "application"} <= _names(WebSocketHandler.run_websocket)),
+        ("geventwebsocket Stream reads through the handler's rfile", lambda: "rfile" in _names(Stream.__init__)),
     ]
 
 
@@ -360,8 +405,9 @@ def lean_buffers_requirements() -> list[Requirement]:
 PARTS: dict[str, Part] = {part.name: part for part in (
     Part("takeover", "eventlet's WSGI server and hub, python-engineio's sockets, wsproto (fanout.py)",
          "every stream on the ordinary queued path, as with DIRECT_WRITES=0", takeover_requirements),
-    Part("gevent-takeover", "gevent's pywsgi.WSGIHandler (the end of a response) and hub (fanout.py)",
-         "SSE streams under gevent on the ordinary queued path, as with DIRECT_WRITES=0",
+    Part("gevent-takeover", "gevent's pywsgi.WSGIHandler (the end of a response) and hub, gevent-websocket, "
+         "python-engineio's sockets, wsproto (fanout.py)",
+         "every stream under gevent on the ordinary queued path, as with DIRECT_WRITES=0",
          gevent_takeover_requirements),
     Part("rooms", "python-socketio's BaseManager.basic_* and its client state (rooms.py)",
          "python-socketio's stock client manager, whose disconnect scans every room", rooms_requirements),

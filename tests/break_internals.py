@@ -8,6 +8,8 @@ server must notice it and run that part on its fallback:
 
     takeover         wsproto's FrameProtocol has no pong() (only the take-over parses frames with it)
     gevent-takeover  gevent's WSGIHandler.process_result is wrapped (what the take-over relies on in it is hidden)
+    gevent-websocket gevent-websocket's WebSocketHandler.run_websocket is wrapped (its close after the app is hidden:
+                     the part gevent-takeover)
     rooms            python-socketio's basic_disconnect clears a piece of client state the indexed manager does not know
 """
 
@@ -55,7 +57,19 @@ def break_rooms() -> None:
     BaseManager.basic_disconnect = basic_disconnect  # type: ignore[method-assign]
 
 
-BREAKS = {"takeover": break_takeover, "gevent-takeover": break_gevent_takeover, "rooms": break_rooms}
+def break_gevent_websocket() -> None:
+    from geventwebsocket.handler import WebSocketHandler
+
+    run_websocket = WebSocketHandler.run_websocket
+
+    def wrapped(self: WebSocketHandler) -> None:
+        run_websocket(self)
+
+    WebSocketHandler.run_websocket = wrapped  # type: ignore[method-assign]
+
+
+BREAKS = {"takeover": break_takeover, "gevent-takeover": break_gevent_takeover,
+          "gevent-websocket": break_gevent_websocket, "rooms": break_rooms}
 
 
 def main() -> None:

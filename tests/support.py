@@ -118,10 +118,10 @@ def on_fallback(part: str) -> bool:
 
 def takeover_off(transport: str = "socketio") -> str | None:
     """Why this run's servers do not take live streams of transport ("sse", "socketio") over from their HTTP
-    server (fanout.py), or None when they do."""
+    server (fanout.py), or None when they do (eventlet and gevent take both over alike)."""
     mode = os.environ.get("TEST_ASYNC_MODE", "eventlet")
-    if mode != "eventlet" and not (mode == "gevent" and transport == "sse"):
-        return f"writing straight to sockets is eventlet's path for {transport} (gevent's for SSE too)"
+    if mode not in ("eventlet", "gevent"):
+        return f"writing straight to sockets is eventlet's and gevent's path, not {mode}'s"
     if os.environ.get("DIRECT_WRITES", "1").strip().lower() not in ("1", "true", "yes", "on"):
         return "DIRECT_WRITES=0: every stream is on the queued path"
     part = "takeover" if mode == "eventlet" else "gevent-takeover"

@@ -72,7 +72,7 @@ def start_churn_server(start_server: Callable[..., LiveServer], transport: str =
                        **env: Any) -> LiveServer:
     if os.environ.get("TEST_ASYNC_MODE", "eventlet") != "eventlet" and takeover_off(transport) is not None:
         # On gevent's queued path an SSE client that left is noticed only at the stream's next heartbeat,
-        # and a Socket.IO websocket is gevent-websocket's, not taken over (fanout.py): not measured here.
+        # and a Socket.IO websocket is gevent-websocket's (fanout.py): not measured here.
         pytest.skip(f"connection churn under gevent is measured on the take-over's path: {takeover_off(transport)}")
     return start_server(MEMORY_DIAGNOSTICS="1", PYTHONTRACEMALLOC="1", MAX_STREAMS_PER_USER="1000",
                         LOG_LEVEL="WARNING", SOCKETIO_PING_TIMEOUT=str(PING_TIMEOUT),
@@ -315,22 +315,40 @@ def test_a_socketio_event_matches_no_url_rule(app) -> None:
 # 1.2 KB under gevent, 4 KB under eventlet; on the queued path a greenlet, its response's generator and
 # a queue: 26 KB under gevent.
 IDLE_SSE_BOUND = 8192
+# Per idle Socket.IO websocket: taken over, its socket, a small object and Engine.IO's and Socket.IO's
+# state of the client (its socket, session, environ, rooms): about 6.7 KB under gevent, 9.6 KB under
+# eventlet; on gevent's queued path also three greenlets, gevent-websocket's objects and a queue: 47 KB.
+IDLE_SOCKETIO_BOUND = 16384
 IDLE_STREAMS = 100
+
+
+def _held_per_idle_stream(server: LiveServer, transport: str, connect: Callable[[LiveServer, str], Any]) -> float:
+    """Bytes Python holds per idle stream of transport (as /healthz counts it), IDLE_STREAMS of them open."""
+    token = make_token("idle@example.com", ("updates:read",))
+    connect(server, token).close()  # first-use imports and caches
+    wait_for(lambda: _streams(server)[transport] == 0, 30, "the warm-up stream to end")
+    before = memory(server)
+    clients = [connect(server, token) for _ in range(IDLE_STREAMS)]
+    wait_for(lambda: _streams(server)[transport] == IDLE_STREAMS, 10, "the idle streams")
+    after = memory(server)
+    for client in clients:
+        client.close()
+    wait_for(lambda: _streams(server)[transport] == 0, 10, "the streams to end as their clients leave")
+    return (after["traced_bytes"] - before["traced_bytes"]) / IDLE_STREAMS
+
+
+def _idle_server(start_server: Callable[..., LiveServer]) -> LiveServer:
+    return start_server(MEMORY_DIAGNOSTICS="1", PYTHONTRACEMALLOC="1", MAX_STREAMS_PER_USER="1000",
+                        LOG_LEVEL="WARNING")
 
 
 @pytest.mark.skipif(takeover_off("sse") is not None, reason=f"the take-over's own test: {takeover_off('sse')}")
 def test_an_idle_sse_stream_holds_no_green_thread(start_server) -> None:
-    server = start_server(MEMORY_DIAGNOSTICS="1", PYTHONTRACEMALLOC="1", MAX_STREAMS_PER_USER="1000",
-                          LOG_LEVEL="WARNING")
-    token = make_token("idle@example.com", ("updates:read",))
-    sse_client(server, token).close()  # first-use imports and caches
-    wait_for(lambda: _streams(server)["sse"] == 0, 30, "the warm-up stream to end")
-    before = memory(server)
-    clients = [sse_client(server, token) for _ in range(IDLE_STREAMS)]
-    wait_for(lambda: _streams(server)["sse"] == IDLE_STREAMS, 10, "the idle streams")
-    after = memory(server)
-    for client in clients:
-        client.close()
-    per_stream = (after["traced_bytes"] - before["traced_bytes"]) / IDLE_STREAMS
-    assert per_stream < IDLE_SSE_BOUND, f"{per_stream:.0f} bytes held per idle SSE stream: {before} -> {after}"
-    wait_for(lambda: _streams(server)["sse"] == 0, 10, "the streams to end as their clients leave")
+    per_stream = _held_per_idle_stream(_idle_server(start_server), "sse", sse_client)
+    assert per_stream < IDLE_SSE_BOUND, f"{per_stream:.0f} bytes held per idle SSE stream"
+
+
+@pytest.mark.skipif(takeover_off() is not None, reason=f"the take-over's own test: {takeover_off()}")
+def test_an_idle_socketio_websocket_holds_no_green_thread(start_server) -> None:
+    per_stream = _held_per_idle_stream(_idle_server(start_server), "socketio", websocket_client)
+    assert per_stream < IDLE_SOCKETIO_BOUND, f"{per_stream:.0f} bytes held per idle Socket.IO websocket"

@@ -1,4 +1,4 @@
-"""Events written straight to the client sockets (fanout.py) against the real server (eventlet; gevent's SSE too).
+"""Events written straight to the client sockets (fanout.py) against the real server (eventlet or gevent).
 
 Framing at every size, order and completeness for readers that keep up, and a
 reader that stops reading cut off (it resumes by event id) without slowing the others.

@@ -46,7 +46,7 @@ def context(part: str) -> tuple[Any, ...]:
     """What check(part, ...) is given in the app."""
     server = eventlet_server()
     return {"takeover": (server,), "connect-events": (server.manager,), "malformed-packet-close": (server.eio,),
-            "http-guards": ("eventlet",)}.get(part, ())
+            "http-guards": ("eventlet",), "gevent-takeover": (socketio.Server(async_mode="gevent"),)}.get(part, ())
 
 
 def fallback_gauge(metrics_text: str) -> dict[str, float]:
@@ -134,6 +134,11 @@ BREAKS = [
     ("lean-buffers", _wrap("eventlet.wsgi.HttpProtocol.setup"), "rbufsize and wbufsize"),
     ("gevent-takeover", _wrap("gevent.pywsgi.WSGIHandler.process_result"), "process_result ends a chunked body"),
     ("gevent-takeover", _delete("gevent.pywsgi.WSGIHandler.get_environ"), "after get_environ()"),
+    ("gevent-takeover", _wrap("geventwebsocket.handler.WebSocketHandler.run_websocket"),
+     "run_websocket closes the websocket after the app unless it is closed"),
+    ("gevent-takeover", _wrap("engineio.async_drivers.gevent.WebSocketWSGI.__call__"),
+     "the gevent driver's over gevent-websocket"),
+    ("gevent-takeover", _delete("engineio.socket.Socket.schedule_ping"), "schedule_ping()"),
 ]
 
 
@@ -335,6 +340,16 @@ def test_takeover_and_rooms_on_their_fallbacks_still_serve_streams_with_resume(s
         assert " WARNING fences: " in line and what in line
     assert fallback_gauge(server.get("/metrics").text) == {**dict.fromkeys(fences.PARTS, 0.0),
                                                            **dict.fromkeys(missing, 1.0)}
+    _serves_streams_with_resume(server)
+
+
+def test_gevent_websockets_whose_internals_changed_stay_on_the_queued_path_and_serve(start_server) -> None:
+    """gevent-websocket's handler would write a close frame into a websocket taken over: the part falls back."""
+    server = start_server("tests/break_internals.py", BREAK_INTERNALS="gevent-websocket", ASYNC_MODE="gevent",
+                          SELF_CHECK_FAIL="", DIRECT_WRITES="1", SSE_HEARTBEAT_SECONDS="0.5")
+    [line] = [line for line in server.log().splitlines() if FALLBACK_LINE in line]
+    assert "part 'gevent-takeover'" in line and "run_websocket closes the websocket" in line, line
+    assert fallback_gauge(server.get("/metrics").text) == {**dict.fromkeys(fences.PARTS, 0.0), "gevent-takeover": 1.0}
     _serves_streams_with_resume(server)
 
 

@@ -594,7 +594,7 @@ def init_app(app: Flask, store: Store, broker: Broker, authenticate: Authenticat
     mode = app.config["ASYNC_MODE"]
     direct_writes = app.config["DIRECT_WRITES"] and (
         (mode == "eventlet" and fence.check("takeover", socketio.server))
-        or (mode == "gevent" and fence.check("gevent-takeover")))
+        or (mode == "gevent" and fence.check("gevent-takeover", socketio.server)))
     hub = StreamHub(socketio, store, broker, app.config["MAX_STREAMS_PER_USER"],
                     queue_size=app.config["STREAM_QUEUE_SIZE"], direct_writes=direct_writes,
                     heartbeat=app.config["SSE_HEARTBEAT_SECONDS"], max_streams=app.config["MAX_CONNECTIONS"],

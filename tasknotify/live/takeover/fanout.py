@@ -13,18 +13,20 @@ heartbeats and pings of all of them, and only a client whose socket is full
 gets a green thread of its own, to write what it has not taken. One that
 falls too far behind is cut off and resumes by event id.
 
-Under gevent, SSE responses served by the server's own handler
-(httpserver.gevent_handler, which puts a `GeventHandover` in each request's
-environ) are taken over the same way; the protocol logic here is shared, only
-the event-loop primitives differ (`EventletLoop`, `GeventLoop`). Socket.IO
-websockets under gevent keep the queued path.
+Under gevent, SSE responses and Socket.IO websockets served by the server's
+own handler (httpserver.gevent_handler, which puts a `GeventHandover` in each
+request's environ) are taken over the same way: a websocket from
+gevent-websocket, which then writes and closes nothing on it, with what its
+reader read ahead. The protocol logic here is shared, only the event-loop
+primitives (`EventletLoop`, `GeventLoop`) and the websocket being finished
+(`_EventletWebSocket`, `_GeventWebSocket`) differ.
 
 Anything else (threads, TLS, Socket.IO long-polling, gunicorn's workers) keeps
 the ordinary, queued path: `stream_socket()` returns None for it, and
 `LiveWebSockets` is disabled or declines (`send()` returns False).
 
 This module holds the service's reaches into eventlet's, gevent's and
-python-engineio's internals (also `close_on_malformed_packets`, under every
+gevent-websocket's and python-engineio's internals (also `close_on_malformed_packets`, under every
 server); fences.py checks them at start (the parts takeover and
 gevent-takeover), and `DIRECT_WRITES=0` is the path they fall back to.
 """
@@ -297,6 +299,23 @@ class GeventHandover:
         raw.setblocking(False)
         return raw
 
+    def unread(self) -> bytes:
+        """What the handler's buffered reader holds past what was parsed (a websocket's next frames), once taken.
+
+        Only the buffer: the connection is detached, so a reader with nothing
+        buffered fails to read more rather than take what the new owner reads.
+        """
+        try:
+            return bytes(self._handler.rfile.peek())
+        except (OSError, ValueError):  # nothing buffered, and the socket under it is gone
+            return b""
+
+    def set_timeout(self, seconds: float | None) -> float | None:
+        """Bound each wait on the connection's socket (None: unbounded); the previous bound."""
+        previous = self._handler.socket.gettimeout()
+        self._handler.socket.settimeout(seconds)
+        return previous
+
 
 def _ignore(*_args: Any) -> None:
     pass
@@ -311,7 +330,7 @@ def _yielding(items: list[Any], batch: int = 256) -> Iterator[Any]:
 
 
 class LiveConnection:
-    """A client connection taken over from eventlet: written without waiting, watched by the hub.
+    """A client connection taken over from eventlet or gevent: written without waiting, watched by the hub.
 
     `send` writes at once what the socket takes; the rest waits in order and
     is written by a green thread started for it. Past max_pending waiting
@@ -534,7 +553,7 @@ class LiveStreams:
 
 
 class LiveWebSocket(LiveConnection):
-    """A Socket.IO websocket taken over from eventlet, standing in for its Engine.IO socket's queue.
+    """A Socket.IO websocket taken over from eventlet or gevent, standing in for its Engine.IO socket's queue.
 
     What Engine.IO sends (`put`) is encoded and written at once; what the
     client sends is parsed here (wsproto) and handed to Engine.IO in order,
@@ -545,8 +564,9 @@ class LiveWebSocket(LiveConnection):
 
     farewell = WEBSOCKET_CLOSE
 
-    def __init__(self, owner: LiveWebSockets, eio_socket: Any, raw: socket.socket, max_pending: int) -> None:
-        super().__init__(raw, max_pending)
+    def __init__(self, owner: LiveWebSockets, eio_socket: Any, raw: socket.socket, max_pending: int,
+                 loop: Loop = EventletLoop) -> None:
+        super().__init__(raw, max_pending, loop)
         self._owner = owner
         self.eio_socket = eio_socket
         self._frames: FrameProtocol | None = FrameProtocol(client=False, extensions=[])  # None once unreadable
@@ -715,7 +735,7 @@ _ENDED = _EndedQueue()
 
 
 class LiveWebSockets:
-    """The Socket.IO server's websocket connections, taken over from eventlet once open.
+    """The Socket.IO server's websocket connections, taken over from eventlet or our gevent handler once open.
 
     Engine.IO keeps a green thread per connection to read, one to write and
     one to wait for the next ping; a taken-over connection has none. The
@@ -738,7 +758,8 @@ class LiveWebSockets:
         self._stopping = threading.Event()
         self._pinging = False
         base = self.eio._async.get("websocket")
-        self.enabled = base is not None and "eventlet" in base.__module__
+        self._gevent = base is not None and base.__module__ == "engineio.async_drivers.gevent"
+        self.enabled = base is not None and ("eventlet" in base.__module__ or self._gevent)
         if not self.enabled:
             return
         live = self
@@ -858,15 +879,15 @@ class LiveWebSockets:
 
     def _serve(self, eio_socket: Any, ws: Any, handler: Any) -> Any:
         """Set the websocket transport up as Engine.IO does, then take the connection over."""
-        green = _plain_tcp(ws.socket)
-        if green is None:
+        transport = self._transport(ws)
+        if transport is None:
             return handler(ws)
-        if eio_socket.connected and not self._upgrade(eio_socket, ws):
+        if eio_socket.connected and not self._upgrade(eio_socket, transport):
             return []
         eio_socket.connected = eio_socket.upgraded = True
         eio_socket.upgrading = False
-        ws.websocket_closed = True  # eventlet sends no closing frame when this handler returns
-        connection = LiveWebSocket(self, eio_socket, take_over(green), self.max_pending)
+        raw, unread = transport.take()
+        connection = LiveWebSocket(self, eio_socket, raw, self.max_pending, transport.loop)
         waiting, eio_socket.queue = eio_socket.queue, connection
         self._by_sid[eio_socket.sid] = connection
         connection.watch()
@@ -875,9 +896,21 @@ class LiveWebSockets:
             pkt = waiting.get_nowait()
             if pkt is None or pkt.packet_type != eio_packet.NOOP:
                 connection.put(pkt)
+        if unread:  # frames the client sent right after its upgrade, read ahead by the server
+            connection.received(unread)
         return []
 
-    def _upgrade(self, eio_socket: Any, ws: Any) -> bool:
+    def _transport(self, ws: Any) -> _EventletWebSocket | _GeventWebSocket | None:
+        """How to finish the upgrade and take over a websocket served over plain TCP; None for any other."""
+        if not self._gevent:
+            green = _plain_tcp(ws.socket)
+            return None if green is None else _EventletWebSocket(ws, green)
+        handover = getattr(ws, "environ", {}).get(GeventHandover.KEY)  # only our handler (not gunicorn's) offers it
+        if handover is None or handover.tls:
+            return None
+        return _GeventWebSocket(ws, handover)
+
+    def _upgrade(self, eio_socket: Any, ws: _EventletWebSocket | _GeventWebSocket) -> bool:
         """The probe and upgrade of a connection that began with long-polling (as Engine.IO does it).
 
         Anything else, or nothing within a ping interval and timeout, ends the
@@ -885,8 +918,7 @@ class LiveWebSockets:
         Node do).
         """
         eio_socket.upgrading = True  # packets wait in the queue meanwhile
-        timeout = ws.socket.gettimeout()
-        ws.socket.settimeout(self.eio.ping_interval + self.eio.ping_timeout)
+        timeout = ws.set_timeout(self.eio.ping_interval + self.eio.ping_timeout)
         try:
             probe = self._next_packet(ws)
             if probe is None or probe.packet_type != eio_packet.PING or probe.data != "probe":
@@ -900,15 +932,12 @@ class LiveWebSockets:
             return upgrade is not None and upgrade.packet_type == eio_packet.UPGRADE
         finally:
             eio_socket.upgrading = False
-            ws.socket.settimeout(timeout)
+            ws.set_timeout(timeout)
 
     @staticmethod
-    def _next_packet(ws: Any) -> Any | None:
-        """The client's next Engine.IO packet on a websocket eventlet still serves; None if none came readable."""
-        try:
-            data = ws.wait()  # None when the client closed it; eventlet answers a broken frame with a close frame
-        except (OSError, ValueError):  # gone, silent too long, or text that is not UTF-8 (eventlet sent 1011)
-            return None
+    def _next_packet(ws: _EventletWebSocket | _GeventWebSocket) -> Any | None:
+        """The client's next Engine.IO packet on a websocket the server still serves; None if none came readable."""
+        data = ws.receive()
         try:
             return None if data is None else eio_packet.Packet(encoded_packet=data)
         except ValueError:  # not an Engine.IO packet
@@ -924,9 +953,73 @@ class LiveWebSockets:
         environ = self.sio.environ.get(eio_sid)
         if environ is None:
             return
-        for key in ("eventlet.input", "eventlet.posthooks", "eventlet.set_idle", "werkzeug.request"):
+        for key in ("eventlet.input", "eventlet.posthooks", "eventlet.set_idle", "werkzeug.request", "wsgi.websocket",
+                    GeventHandover.KEY):
             environ.pop(key, None)
         environ["wsgi.input"] = _EMPTY_INPUT
+
+
+class _EventletWebSocket:
+    """An open websocket that eventlet serves (python-engineio's eventlet driver, eventlet's RFC6455WebSocket)."""
+
+    loop: Loop = EventletLoop
+
+    def __init__(self, ws: Any, green: Any) -> None:
+        self._ws = ws
+        self._green = green
+
+    def set_timeout(self, seconds: float | None) -> float | None:
+        previous = self._ws.socket.gettimeout()
+        self._ws.socket.settimeout(seconds)
+        return previous
+
+    def receive(self) -> str | bytes | None:
+        """The client's next message; None when it closed the websocket, sent a broken one or nothing in time."""
+        try:
+            return self._ws.wait()  # None when the client closed it; eventlet answers a broken frame with a close frame
+        except (OSError, ValueError):  # gone, silent too long, or text that is not UTF-8 (eventlet sent 1011)
+            return None
+
+    def send(self, text: str) -> None:
+        self._ws.send(text)
+
+    def take(self) -> tuple[socket.socket, bytes]:
+        """The raw socket, taken from eventlet, and what was read from it but not parsed (nothing, here)."""
+        self._ws.websocket_closed = True  # eventlet sends no closing frame when the handler returns
+        return take_over(self._green), b""  # eventlet's websocket reads a frame's bytes exactly
+
+
+class _GeventWebSocket:
+    """An open websocket that our gevent handler serves (python-engineio's gevent driver over gevent-websocket's)."""
+
+    loop: Loop = GeventLoop
+
+    def __init__(self, ws: Any, handover: GeventHandover) -> None:
+        self._websocket = ws._sock  # gevent-websocket's WebSocket
+        self._handover = handover
+
+    def set_timeout(self, seconds: float | None) -> float | None:
+        return self._handover.set_timeout(seconds)
+
+    def receive(self) -> str | bytes | None:
+        """The client's next message; None when it closed the websocket, sent a broken one or nothing in time."""
+        try:
+            return self._websocket.receive()  # None: gevent-websocket has closed it (the client's close, an error)
+        except OSError:  # WebSocketError: closed already
+            return None
+
+    def send(self, text: str) -> None:
+        self._websocket.send(text)  # its WebSocketError is an OSError
+
+    def take(self) -> tuple[socket.socket, bytes]:
+        """The raw socket, taken from gevent, and what its buffered reader read ahead (the client's next frames)."""
+        websocket = self._websocket
+        websocket.closed = True  # gevent-websocket's handler writes no close frame after the app returns
+        # Without its handler, the websocket's finalizer (a close() that finds it closed) stops at once: it
+        # would otherwise make classes in reference cycles for its app (current_app), two per connection.
+        websocket.handler = websocket.environ = None
+        raw = self._handover.take()
+        return raw, self._handover.unread()
 
 
 class _SocketsNoted(dict):  # type: ignore[type-arg]

@@ -291,8 +291,9 @@ def eventlet_protocol(limits: Limits, guards: bool = True, lean_buffers: bool = 
 def gevent_handler(limits: Limits, guards: bool = True) -> type:
     """gevent's HTTP handler (gevent-websocket's, as Flask-SocketIO uses when installed), guarded unless not guards.
 
-    Either way each request's environ offers the SSE take-over (fanout.GeventHandover), for
-    the response's end, which the stream hub uses only when the self-check allows it.
+    Either way each request's environ offers the take-over (fanout.GeventHandover) of an SSE
+    response at its end or of an open Socket.IO websocket, which the stream hub uses only when
+    the self-check allows it.
     """
     import gevent
     from gevent import pywsgi
