@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -364,7 +365,12 @@ class SSEClient:
 
     def _run(self) -> None:
         url = urlsplit(self.url)
-        connection = http.client.HTTPConnection(url.hostname, url.port, timeout=5)
+        if url.scheme == "https":  # trusting REQUESTS_CA_BUNDLE, as the tests' requests calls do
+            context = ssl.create_default_context(cafile=os.environ.get("REQUESTS_CA_BUNDLE"))
+            connection: http.client.HTTPConnection = http.client.HTTPSConnection(url.hostname, url.port, timeout=5,
+                                                                                  context=context)
+        else:
+            connection = http.client.HTTPConnection(url.hostname, url.port, timeout=5)
         try:
             connection.connect()
             self._socket = connection.sock
