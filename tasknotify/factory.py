@@ -20,7 +20,7 @@ from flask.sessions import SessionInterface, SessionMixin
 from flask_cors import CORS
 from werkzeug.routing import MapAdapter
 
-from tasknotify import errors, fences, heap
+from tasknotify import errors, fences, heap, launch
 from tasknotify.api import auth, diagnostics, edge, metrics, openapi, pages
 from tasknotify.api import preferences as preferences_api
 from tasknotify.api import tasks as tasks_api
@@ -162,10 +162,7 @@ def main(listener: Any = None) -> None:
     if mode != "threading" and (settings["DATABASE_URL"] or "").startswith(("postgres", "postgresql")):
         db.cooperative_postgres()
     if mode != "threading" and listener is None:
-        try:
-            listener = httpserver.listen(settings["HOST"], settings["PORT"], settings["LISTEN_BACKLOG"])
-        except OSError as exc:
-            raise SystemExit(f"cannot listen on {settings['HOST']}:{settings['PORT']}: {exc.strerror or exc}") from None
+        listener = launch.open_listener()
     app = create_app({"ASYNC_MODE": mode})
     start(app)
     socketio = app.extensions["socketio"]
