@@ -58,7 +58,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--storm", help="reconnect storm sizes, SSExSIO clients all connecting at once on each "
                                         "server (default 1250x0,2500x0,5000x5000; quick 500x500)")
     parser.add_argument("--storm-restart", help="clients (SSExSIO) connected while the server restarts (default: "
-                                                "the last --storm size)")
+                                                "the last --storm size; none: no restart)")
     parser.add_argument("--storm-rate", type=float, default=2.0,
                         help="posts per second before, during and after the restart")
     parser.add_argument("--storm-post-seconds", type=float,

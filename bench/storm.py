@@ -35,6 +35,7 @@ from bench.common import (
     TRANSPORTS,
     Readers,
     Run,
+    cpu_seconds,
     drain,
     log,
     make_server,
@@ -67,7 +68,7 @@ def scenario(run: Run, results: dict[str, Any]) -> None:
                 note_failure(results, f"storm {sse}+{sio} on {SERVER_NAMES[kind]}", exc)
         results["storm"]["connect"].append(row)
         run.save(results)
-    for sse, sio in sizes(args.storm_restart):
+    for sse, sio in ([] if args.storm_restart == "none" else sizes(args.storm_restart)):
         for kind in args.servers:
             try:
                 results["storm"]["restart"].append(restart(run, kind, sse, sio))
@@ -123,18 +124,21 @@ def connect_at_once(run: Run, kind: str, sse: int, sio: int) -> dict[str, Any]:
         time.sleep(1)
         readers = start_readers(run, server.url, label, kind, sse, sio, "storm", admin, 600 + (sse + sio) / 20)
         counters = tcp_counters()
+        cpu_before = cpu_seconds(server.pid)
         started = time.monotonic()
         for r in readers:
             r.go()
         wait_until(lambda: all(r.finished_connecting() for r in readers), 300 + (sse + sio) / 20,
                    "every client to connect", 0.02)
         wall = time.monotonic() - started
+        cpu = cpu_seconds(server.pid) - cpu_before
         # SYNs a full listen queue turned away: each costs its client a TCP retransmission timeout (1 s, 3 s ...)
         tcp = {k: v - counters[k] for k, v in tcp_counters().items()}
         time.sleep(1)
         server_counts = server.streams()
         result: dict[str, Any] = {"server": kind, "sse_clients": sse, "sio_clients": sio,
-                                  "wall_seconds": round(wall, 3), "server_counts": server_counts, "tcp": tcp}
+                                  "wall_seconds": round(wall, 3), "server_counts": server_counts, "tcp": tcp,
+                                  "server_cpu_ms_per_connection": round(1000 * cpu / max(1, sse + sio), 3)}
         for transport in TRANSPORTS:
             mine = [r for r in readers if r.transport == transport]
             if not mine:
@@ -154,7 +158,9 @@ def connect_at_once(run: Run, kind: str, sse: int, sio: int) -> dict[str, Any]:
         result["failed"] = sum(result[t]["failed"] for t in TRANSPORTS if t in result)
         log(f"  all tried in {result['seconds']:.2f}s (seen here after {wall:.2f}s): "
             + ", ".join(f"{t} {result[t]['connected']}/{result[t]['clients']} in {result[t]['seconds']:.2f}s"
-                        for t in TRANSPORTS if t in result) + f"; server counts {server_counts}; {tcp}")
+                        for t in TRANSPORTS if t in result)
+            + f"; server CPU {1000 * cpu / max(1, sse + sio):.2f} ms per connection"
+            + f"; server counts {server_counts}; {tcp}")
         return result
     finally:
         for r in readers:
@@ -230,6 +236,7 @@ def restart(run: Run, kind: str, sse: int, sio: int) -> dict[str, Any]:
             clients = back = refused = 0
             gaps = dups = out_of_order = 0
             backs: list[float] = []
+            attempts: dict[int, int] = {}  # connection attempts (the first included) -> clients
             failures: dict[str, int] = {}
             up_at_end = 0
             for r in mine:
@@ -237,12 +244,13 @@ def restart(run: Run, kind: str, sse: int, sio: int) -> dict[str, Any]:
                 up_at_end += summary.get("up_at_end", 0)
                 for reason, n in summary["failures"].items():
                     failures[reason] = failures.get(reason, 0) + n
-                for (_user, got, dup, was), (connects, connected_at, disorder, _down, refusals) in zip(
+                for (_user, got, dup, was), (connects, connected_at, disorder, _down, refusals, tries) in zip(
                         summary["per_client"], summary["resume"], strict=True):
                     if not was:
                         continue
                     clients += 1
                     refused += refusals
+                    attempts[tries] = attempts.get(tries, 0) + 1
                     if connects > 1 and connected_at is not None:
                         back += 1
                         backs.append(connected_at / 1000 - up_wall)
@@ -255,12 +263,16 @@ def restart(run: Run, kind: str, sse: int, sio: int) -> dict[str, Any]:
                 "connected_at_end": up_at_end, "failures": failures, "refusals": refused,
                 "reconnect_seconds": round(max(backs), 2) if backs else None,
                 "reconnect_median_seconds": round(float(np.median(backs)), 2) if backs else None,
+                "reconnect_p90_seconds": round(float(np.percentile(backs, 90)), 2) if backs else None,
+                "attempts": {str(k): attempts[k] for k in sorted(attempts)},
                 "expected_each": expected_each if resumes else None,
                 "gaps": gaps if resumes else None, "duplicates": dups if resumes else None,
                 "out_of_order": out_of_order if resumes else None,
             }
             log(f"  {transport}: {back}/{clients} back, the last {result[transport]['reconnect_seconds']}s after "
-                f"/healthz (median {result[transport]['reconnect_median_seconds']}s)"
+                f"/healthz (median {result[transport]['reconnect_median_seconds']}s, p90 "
+                f"{result[transport]['reconnect_p90_seconds']}s; clients by connection attempts "
+                f"{result[transport]['attempts']})"
                 + (f"; gaps {gaps}, duplicates {dups}, out of order {out_of_order} ({expected_each} events each)"
                    if resumes else ""))
         times = [result[t]["reconnect_seconds"] for t in TRANSPORTS if t in result

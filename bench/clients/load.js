@@ -16,7 +16,7 @@
 //        (default delays) with an auth function sending {token, last_event_id} (from `stream_start` and the
 //        events). Progress lines are then "progress <events> <connected now> <reconnected now>", and PREFIX.json
 //        gains `resume`: per client [connects, last connect time (ms, wall clock), events out of order,
-//        first disconnect time or null, refusals].
+//        first disconnect time or null, refusals, connection attempts (the first included)].
 //   node load.js post   --url U --token T --rate R --seconds S --tag TAG --users N --out FILE
 //        Open loop: R POST /update_task per second for S seconds; post i goes to user i % N
 //        (user<k>@example.com; N=0: one shared user, bench@example.com), title "b:TAG:<send time ms>".
@@ -72,7 +72,7 @@ function readers(transport) {
     connected: false, failed: null, closed: false,
     // --resume: connected now, connections made, the last one's time, the last id seen and the SSE retry delay
     up: false, connects: 0, connectedAt: null, downAt: null, lastId: null, maxId: -1, outOfOrder: 0,
-    retryMs: 2000, refused: 0 }));
+    retryMs: 2000, refused: 0, attempts: 0 }));
   const sio = transport === 'sio' ? require('socket.io-client') : null;
   let total = 0;
   let finished = false;
@@ -128,6 +128,7 @@ function readers(transport) {
     return new Promise((resolve) => {
       const path = `/task_updates?access_token=${encodeURIComponent(client.token)}`;
       const headers = { Accept: 'text/event-stream' };
+      client.attempts++;
       if (resume && client.lastId !== null) headers['Last-Event-ID'] = String(client.lastId);
       const req = http.get({ host: base.hostname, port: base.port, path, agent: false, headers });
       let settled = false;
@@ -198,6 +199,8 @@ function readers(transport) {
           : { token: client.token, last_event_id: client.lastId });
       const socket = sio.io(base.origin, { transports: ['websocket'], reconnection: resume, forceNew: true,
         auth, timeout: 120000, ...deflate });
+      client.attempts++;
+      socket.io.on('reconnect_attempt', () => { client.attempts++; });
       socket.on('connect', () => {
         up(client);
         resolve();
@@ -242,7 +245,7 @@ function readers(transport) {
       latencies: latencies.n,
     };
     if (resume) {
-      summary.resume = clients.map((c) => [c.connects, c.connectedAt, c.outOfOrder, c.downAt, c.refused]);
+      summary.resume = clients.map((c) => [c.connects, c.connectedAt, c.outOfOrder, c.downAt, c.refused, c.attempts]);
       summary.up_at_end = clients.filter((c) => c.up).length;
     }
     fs.writeFileSync(args.out + '.bin', Buffer.from(latencies.buf.buffer, 0, latencies.n * 4));

@@ -42,7 +42,6 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
-    func,
     select,
 )
 from sqlalchemy.exc import IntegrityError
@@ -484,8 +483,22 @@ class Store:
             return list(conn.execute(query).all())
 
     def last_event_id(self) -> int:
-        with self.engine.connect() as conn:
-            return conn.scalar(select(func.max(EventRow.id))) or 0
+        """The newest event's id (0 when none): every SSE stream that does not resume starts with it.
+
+        On the driver's cursor of a pooled connection, like the writes: a tenth of the time
+        SQLAlchemy's statement machinery takes, which was a fifth of an SSE handshake's CPU.
+        """
+        connection = self.engine.raw_connection()
+        try:
+            cursor = connection.cursor()
+            try:
+                cursor.execute("SELECT max(id) FROM events")
+                row = cursor.fetchone()
+            finally:
+                cursor.close()
+        finally:
+            connection.close()  # back to the pool, which ends the read transaction
+        return (row[0] if row else None) or 0
 
     def ping(self) -> None:
         with self.engine.connect() as conn:
