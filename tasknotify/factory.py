@@ -90,7 +90,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         max_age=600,
     )
     store = db.init_app(app)
-    migrate.upgrade(store.url)  # the schema, created or brought up to date on every start
+    migrate.upgrade_on_start(store)  # the schema, created or brought up to date on every start
     broker = make_broker(app.config, store)
     app.extensions["broker"] = broker
     observer = metrics.Metrics()

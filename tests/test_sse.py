@@ -190,7 +190,7 @@ def test_stream_start_names_where_the_stream_starts_as_an_event_on_request(live_
 
     def without_retry(block: str) -> list[str]:
         retry, *rest = block.splitlines()
-        assert retry.startswith("retry: ") and 2000 <= int(retry.removeprefix("retry: ")) <= 2000 + 3000, retry
+        assert retry.startswith("retry: ") and 1000 <= int(retry.removeprefix("retry: ")) <= 1000 + 2000, retry
         return rest
 
     assert without_retry(opening("stream_start=1")) == [
