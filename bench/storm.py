@@ -193,6 +193,7 @@ def restart(run: Run, kind: str, sse: int, sio: int) -> dict[str, Any]:
                            rate=rate, seconds=2, tag=tag, users=0)
         expected_each = before["ok"]
         drain(readers, connected * expected_each, 60)
+        counters = tcp_counters()
         stop_at = time.monotonic()
         server.stop()
         stopped = time.monotonic() - stop_at
@@ -215,6 +216,8 @@ def restart(run: Run, kind: str, sse: int, sio: int) -> dict[str, Any]:
         except TimeoutError as exc:
             log(f"  {exc}: {sum(r.back for r in readers)}/{connected} back")
         seen_back = time.monotonic() - up_at
+        tcp = {k: v - counters[k] for k, v in tcp_counters().items()}
+        log(f"  listen queue: {tcp}")
         after: dict[str, Any] = {}
         if poster is not None:
             poster.join(during_seconds + 330)
@@ -225,7 +228,7 @@ def restart(run: Run, kind: str, sse: int, sio: int) -> dict[str, Any]:
         result: dict[str, Any] = {
             "server": kind, "sse_clients": sse, "sio_clients": sio, "connected_before": connected,
             "resume": resumes, "stop_seconds": round(stopped, 2), "down_seconds": round(up_at - stop_at, 2),
-            "back_seen_seconds": round(seen_back, 2), "rate": rate,
+            "back_seen_seconds": round(seen_back, 2), "rate": rate, "tcp": tcp,
             "posts": {"before": before["ok"], "during": during.get("ok"), "after": after.get("ok"),
                       "statuses": [p["statuses"] for p in (before, during, after) if p]},
         }

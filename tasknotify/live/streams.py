@@ -379,6 +379,11 @@ class StreamHub:
         user = f"user:{event.user_email}/"
         rooms = ["all", f"task:{event.task_id}", user + "all", f"{user}task:{event.task_id}"]
         self._position = event.id
+        return self._send(event, rooms)
+
+    def _send(self, event: Event, rooms: list[str]) -> list[str]:
+        """event to the clients in rooms (a client's sid is a room of its own); the Engine.IO ids of those too far
+        behind to keep."""
         if self._websockets is None or not self._websockets.enabled:
             # ignore_queue: every process relays the ordered event stream to its own clients.
             self.socketio.emit("task_update", json.loads(event.data), to=rooms, ignore_queue=True)
@@ -454,7 +459,9 @@ class StreamHub:
             # emitted meanwhile do not reach this client (not in its rooms yet) and are
             # replayed on the next turn.
             for event in replay(self.store, last_event_id, client.viewer, task_ids, until_id=until_id):
-                self.socketio.emit("task_update", json.loads(event.data), to=sid, ignore_queue=True)
+                # Not cut when it falls behind here, as it is by a live event: a long replay would
+                # cut it again at every reconnection.
+                self._send(event, [sid])
             last_event_id = until_id
 
     def holds(self, sid: str) -> bool:

@@ -437,8 +437,7 @@ class Store:
         limit: int = 1000,
     ) -> list[Event]:
         """Events with ids above after_id (and at most until_id), oldest first."""
-        columns = (EventRow.id, EventRow.task_id, EventRow.user_email, EventRow.payload)
-        rows = self._read_events(columns, after_id, task_ids, user_email, until_id, limit)
+        rows = self._event_rows("id, task_id, user_email, payload", after_id, task_ids, user_email, until_id, limit)
         return [Event(id=r[0], task_id=r[1], user_email=r[2], data=r[3]) for r in rows]
 
     def sse_frames_after(
@@ -449,7 +448,23 @@ class Store:
 
         The replay path: rows go straight to the wire format, with no object per event.
         """
+        rows = self._event_rows("id, payload", after_id, task_ids, user_email, None, limit)
+        if not rows:
+            return 0, after_id, b""
+        return len(rows), rows[-1][0], sse_frames(rows)
+
+    def last_event_id(self) -> int:
+        """The newest event's id (0 when none): every SSE stream that does not resume starts with it."""
+        with self._driver_read() as sql:
+            rows = sql.rows("SELECT max(id) FROM events", {})
+        return (rows[0][0] if rows else None) or 0
+
+    def _event_rows(self, columns: str, after_id: int, task_ids: frozenset[str] | None, user_email: str | None,
+                    until_id: int | None, limit: int) -> list[tuple[Any, ...]]:
         where, params = ["id > :after_id"], {"after_id": after_id, "limit": limit}
+        if until_id is not None:
+            where.append("id <= :until_id")
+            params["until_id"] = until_id
         if task_ids:
             placeholders, values = DriverSQL.in_list("task", sorted(task_ids))
             where.append(f"task_id IN {placeholders}")
@@ -457,48 +472,27 @@ class Store:
         if user_email is not None:
             where.append("user_email = :user_email")
             params["user_email"] = user_email
-        # The driver's cursor: SQLAlchemy's row objects would cost more than the read itself.
-        with self.engine.connect() as conn:
-            cursor = conn.connection.cursor()
-            try:
-                DriverSQL(cursor, self.engine.dialect).execute(
-                    f"SELECT id, payload FROM events WHERE {' AND '.join(where)} ORDER BY id LIMIT :limit", params)
-                rows = cursor.fetchall()
-            finally:
-                cursor.close()
-        if not rows:
-            return 0, after_id, b""
-        return len(rows), rows[-1][0], sse_frames(rows)
+        with self._driver_read() as sql:
+            return sql.rows(f"SELECT {columns} FROM events WHERE {' AND '.join(where)} ORDER BY id LIMIT :limit",
+                            params)
 
-    def _read_events(self, columns: tuple[Any, ...], after_id: int, task_ids: frozenset[str] | None,
-                     user_email: str | None, until_id: int | None, limit: int) -> list[Any]:
-        query = select(*columns).where(EventRow.id > after_id).order_by(EventRow.id).limit(limit)
-        if until_id is not None:
-            query = query.where(EventRow.id <= until_id)
-        if task_ids:
-            query = query.where(EventRow.task_id.in_(task_ids))
-        if user_email is not None:
-            query = query.where(EventRow.user_email == user_email)
-        with self.engine.connect() as conn:
-            return list(conn.execute(query).all())
+    @contextmanager
+    def _driver_read(self) -> Iterator[DriverSQL]:
+        """Reads of the event log on the driver's cursor of a pooled connection, like the writes.
 
-    def last_event_id(self) -> int:
-        """The newest event's id (0 when none): every SSE stream that does not resume starts with it.
-
-        On the driver's cursor of a pooled connection, like the writes: a tenth of the time
-        SQLAlchemy's statement machinery takes, which was a fifth of an SSE handshake's CPU.
+        Every stream that opens or resumes reads here (its start, its replay): SQLAlchemy's
+        connection and statement machinery took ten times as long as the query, and the
+        Socket.IO replay of a restart's reconnecting clients was a fifth of the server's CPU.
         """
         connection = self.engine.raw_connection()
         try:
             cursor = connection.cursor()
             try:
-                cursor.execute("SELECT max(id) FROM events")
-                row = cursor.fetchone()
+                yield DriverSQL(cursor, self.engine.dialect)
             finally:
                 cursor.close()
         finally:
             connection.close()  # back to the pool, which ends the read transaction
-        return (row[0] if row else None) or 0
 
     def ping(self) -> None:
         with self.engine.connect() as conn:

@@ -27,7 +27,6 @@ import binascii
 import json
 import logging
 import re
-import time
 from dataclasses import dataclass
 from email.message import Message
 from http import HTTPStatus
@@ -160,7 +159,6 @@ class _HeadDeadline:
 
     header_timeout = 10.0
     keepalive_idle = 75.0
-    _timeout_class: type[BaseException]  # the server's green Timeout
     _served = 0  # requests begun on this connection
     _deadline: Any = None
     rfile: Any
@@ -174,24 +172,24 @@ class _HeadDeadline:
         """Wait for the next request's first byte: False when the client left or sent nothing in time."""
         if self.rfile.closed:
             return False
-        started = time.monotonic()
         first = not self._served
         timer = self._start_timer(self.header_timeout if first else self.keepalive_idle)
         try:
             arrived = bool(self.rfile.peek(1))
-        except self._timeout_class as exc:
-            if exc is not timer:
-                raise
-            return False
-        except OSError:  # reset by the client
-            return False
-        finally:
+        except BaseException as exc:
             timer.cancel()
+            if isinstance(exc, OSError) or exc is timer:  # reset by the client, or nothing came in time
+                return False
+            raise
         if not arrived:
+            timer.cancel()
             return False
         self._served += 1
-        left = self.header_timeout - (time.monotonic() - started if first else 0.0)
-        self._deadline = self._start_timer(max(left, 0.0))
+        if first:
+            self._deadline = timer  # the same deadline goes on for the rest of the head
+        else:
+            timer.cancel()
+            self._deadline = self._start_timer(self.header_timeout)
         return True
 
     def _timed_out(self, exc: BaseException) -> bool:
@@ -232,7 +230,6 @@ def eventlet_protocol(limits: Limits, guards: bool = True, lean_buffers: bool = 
     class GuardedHttpProtocol(_HeadDeadline, base):  # type: ignore[misc, valid-type]
         header_timeout = limits.header_timeout
         keepalive_idle = limits.keepalive_idle
-        _timeout_class = eventlet.Timeout
         _start_timer = staticmethod(eventlet.Timeout)
 
         def handle_one_request(self) -> None:
@@ -328,7 +325,6 @@ def gevent_handler(limits: Limits, guards: bool = True) -> type:
     class GuardedHandler(_HeadDeadline, base):  # type: ignore[misc, valid-type]
         header_timeout = limits.header_timeout
         keepalive_idle = limits.keepalive_idle
-        _timeout_class = gevent.Timeout
         _start_timer = staticmethod(gevent.Timeout.start_new)
         _refusal: Refusal | None = None
 
