@@ -10,7 +10,10 @@ tasknotify/factory.py assembles it.
 """
 
 if __name__ == "__main__":
+    import gc
     import os
+
+    gc.disable()  # until the start is done (heap.after_start): collections of the imports' objects would be wasted
 
     if os.environ.get("ASYNC_MODE", "eventlet") == "eventlet":
         import eventlet

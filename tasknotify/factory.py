@@ -165,6 +165,7 @@ def main(listener: Any = None) -> None:
         listener = launch.open_listener()
     app = create_app({"ASYNC_MODE": mode})
     start(app)
+    heap.after_start()
     socketio = app.extensions["socketio"]
     gc_stopping = threading.Event()
     socketio.start_background_task(heap.keep_collections_short, gc_stopping)

@@ -49,3 +49,18 @@ def test_a_full_collection_frees_cycles_that_were_frozen(policy) -> None:
         wait_for(lambda: cycle() is None, 5, "the frozen cycle collected")
     finally:
         gc.enable()
+
+
+def test_the_start_is_frozen_and_the_collector_turned_back_on() -> None:
+    """app.py imports with the collector off; after the start what it made is frozen and collections resume."""
+    gc.unfreeze()
+    gc.disable()
+    try:
+        kept = [Cycle() for _ in range(100)]  # what a start leaves: long-lived objects
+        heap.after_start()
+        assert gc.isenabled()
+        assert gc.get_freeze_count() >= len(kept)
+    finally:
+        gc.unfreeze()
+        gc.enable()
+
