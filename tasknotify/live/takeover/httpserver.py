@@ -11,6 +11,11 @@ Each server's request handler is subclassed here so that
   that cannot be trusted, under gevent a broken websocket handshake or an error escaping
   the app), has the service's JSON error shape.
 
+A plain head (HTTP/1.0 or 1.1, every header line `name: value`) has its header lines
+parsed here, into the stdlib's own message class, rather than by the `email` package's
+parser the stdlib uses, which was a tenth of the CPU of a Socket.IO handshake; any
+other head goes to the stdlib's parser as it came (PlainHeaders).
+
 No limit applies once the head has arrived: responses, SSE streams, websockets and
 long polls last as long as they need (nor is a slow request body bounded here).
 
@@ -27,6 +32,7 @@ import binascii
 import json
 import logging
 import re
+from collections import deque
 from dataclasses import dataclass
 from email.message import Message
 from http import HTTPStatus
@@ -149,6 +155,84 @@ class _LimitedHead:
         return line
 
 
+# A header line as the stdlib's parser reads it without surprises: a token, a colon, a value without CR.
+_PLAIN_HEADER = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):([^\r\n]*)\r?\n")
+_HEAD_END = (b"\r\n", b"\n", b"")
+_STDLIB_MAX_LINES = 100  # http.client reads at most this many lines, the blank one included
+
+
+def plain_headers(lines: list[bytes], message_class: type[Message]) -> Message | None:
+    """The header lines as http.client.parse_headers gives them, when each is a plain `name: value`; else None."""
+    message = message_class()
+    for line in lines:
+        match = _PLAIN_HEADER.fullmatch(line)
+        if match is None:
+            return None
+        # The value as the email parser's compat32 policy keeps it: leading blanks off, trailing ones kept.
+        message[match[1].decode("latin-1")] = match[2].decode("latin-1").lstrip(" \t")
+    return message
+
+
+class _Replayed:
+    """A reader of header lines that gives back the lines already read, then reads on."""
+
+    def __init__(self, lines: list[bytes], rfile: Any) -> None:
+        self._lines = deque(lines)
+        self._rfile = rfile
+
+    def readline(self, size: int = -1) -> bytes:
+        return self._lines.popleft() if self._lines else self._rfile.readline(size)
+
+
+class PlainHeaders:
+    """BaseHTTPRequestHandler.parse_request, with a plain head's header lines parsed by plain_headers.
+
+    The request line, its refusals and everything else stay the stdlib's: it parses the request
+    with an empty header block, and what it decides from the headers (Connection, Expect) is
+    decided here in the same way. A head that is not plain is given to it whole.
+    """
+
+    raw_requestline: bytes
+    rfile: Any
+    headers: Message
+    close_connection: bool
+    protocol_version: str
+    request_version: str
+    MessageClass: type[Message]
+
+    def parse_request(self) -> bool:
+        words = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n").split()  # as the stdlib splits it
+        if len(words) != 3 or words[2] not in ("HTTP/1.1", "HTTP/1.0"):
+            return super().parse_request()  # type: ignore[misc]
+        rfile, lines = self.rfile, []
+        while True:
+            line = rfile.readline(65537)
+            lines.append(line)
+            if line in _HEAD_END or len(lines) > _STDLIB_MAX_LINES:
+                break
+        headers = None
+        if len(lines) <= _STDLIB_MAX_LINES and lines[-1] in _HEAD_END:
+            headers = plain_headers(lines[:-1], self.MessageClass)
+        self.rfile = _Replayed(lines if headers is None else [b"\r\n"], rfile)
+        try:
+            if not super().parse_request():  # type: ignore[misc]
+                return False
+        finally:
+            self.rfile = rfile
+        if headers is None:
+            return True
+        self.headers = headers
+        connection = headers.get("Connection", "").lower()
+        if connection == "close":
+            self.close_connection = True
+        elif connection == "keep-alive" and self.protocol_version >= "HTTP/1.1":
+            self.close_connection = False
+        if (headers.get("Expect", "").lower() == "100-continue" and self.protocol_version >= "HTTP/1.1"
+                and self.request_version >= "HTTP/1.1"):
+            return bool(self.handle_expect_100())  # type: ignore[attr-defined]
+        return True
+
+
 class _HeadDeadline:
     """The wait for a request's head, bounded; mixed into each server's request handler.
 
@@ -227,7 +311,7 @@ def eventlet_protocol(limits: Limits, guards: bool = True, lean_buffers: bool = 
     if not guards:
         return base
 
-    class GuardedHttpProtocol(_HeadDeadline, base):  # type: ignore[misc, valid-type]
+    class GuardedHttpProtocol(_HeadDeadline, PlainHeaders, base):  # type: ignore[misc, valid-type]
         header_timeout = limits.header_timeout
         keepalive_idle = limits.keepalive_idle
         _start_timer = staticmethod(eventlet.Timeout)
