@@ -452,3 +452,26 @@ def test_a_bad_server_setting_is_refused_by_name_and_value(name, value):
 def test_a_bad_server_setting_stops_the_server_with_one_line(tmp_path):
     assert refused_start(tmp_path, LISTEN_BACKLOG="1e9").startswith(
         "configuration: invalid value for LISTEN_BACKLOG: '1e9'")
+
+
+def test_gevent_connections_send_without_waiting_for_acks() -> None:
+    """gevent writes an answer's head and body in two sends; with Nagle's algorithm on, the body waited 40 ms
+    for the client's delayed ACK on every kept-alive request. The handler turns it off for each connection."""
+    from gevent import pywsgi
+
+    from tasknotify.live.takeover import httpserver
+
+    seen: list[int] = []
+
+    for guards in (True, False):
+        class Probe(httpserver.gevent_handler(httpserver.Limits(1.0, 1.0), guards=guards)):  # type: ignore[misc]
+            def handle_one_request(self) -> None:
+                seen.append(self.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            client = socket.create_connection(listener.getsockname())
+            connection, address = listener.accept()
+            assert connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+            Probe(connection, address, pywsgi.WSGIServer(listener, lambda environ, start_response: [])).handle()
+            client.close()
+    assert seen and all(seen), seen
