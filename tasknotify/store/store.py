@@ -362,28 +362,22 @@ class Store:
         machinery (a third of a write's database time).
         """
         dbapi = self.engine.dialect.dbapi
-        connection = self.engine.raw_connection()
         try:
-            cursor = connection.cursor()
-            try:
-                if self.is_sqlite:
-                    cursor.execute("BEGIN IMMEDIATE")  # the driver is in autocommit mode (see _create_engine)
-                sql = DriverSQL(cursor, self.engine.dialect)
-                if lock_event_log and not self.is_sqlite:
-                    # Without it, two processes could commit events 11 then 10, and a reader
-                    # that saw 11 would never see 10. SQLite's write lock already orders them.
-                    sql.execute("SELECT pg_advisory_xact_lock(:key)", {"key": EVENT_LOG_LOCK})
-                yield sql
-                connection.commit()
-            except BaseException:
-                connection.rollback()
-                raise
-            finally:
-                cursor.close()
+            with self._driver_sql() as (connection, sql):
+                try:
+                    if self.is_sqlite:
+                        sql.cursor.execute("BEGIN IMMEDIATE")  # the driver is in autocommit mode (see _create_engine)
+                    if lock_event_log and not self.is_sqlite:
+                        # Without it, two processes could commit events 11 then 10, and a reader
+                        # that saw 11 would never see 10. SQLite's write lock already orders them.
+                        sql.execute("SELECT pg_advisory_xact_lock(:key)", {"key": EVENT_LOG_LOCK})
+                    yield sql
+                    connection.commit()
+                except BaseException:
+                    connection.rollback()
+                    raise
         except dbapi.IntegrityError as exc:
             raise IntegrityError(None, None, exc) from exc
-        finally:
-            connection.close()  # back to the pool
 
     @contextmanager
     def write_unlocked(self) -> Iterator[Session]:
@@ -455,7 +449,7 @@ class Store:
 
     def last_event_id(self) -> int:
         """The newest event's id (0 when none): every SSE stream that does not resume starts with it."""
-        with self._driver_read() as sql:
+        with self._driver_sql() as (_, sql):
             rows = sql.rows("SELECT max(id) FROM events", {})
         return (rows[0][0] if rows else None) or 0
 
@@ -472,27 +466,28 @@ class Store:
         if user_email is not None:
             where.append("user_email = :user_email")
             params["user_email"] = user_email
-        with self._driver_read() as sql:
+        with self._driver_sql() as (_, sql):
             return sql.rows(f"SELECT {columns} FROM events WHERE {' AND '.join(where)} ORDER BY id LIMIT :limit",
                             params)
 
     @contextmanager
-    def _driver_read(self) -> Iterator[DriverSQL]:
-        """Reads of the event log on the driver's cursor of a pooled connection, like the writes.
+    def _driver_sql(self) -> Iterator[tuple[Any, DriverSQL]]:
+        """A pooled DBAPI connection and plain SQL on its cursor, both given back afterwards.
 
-        Every stream that opens or resumes reads here (its start, its replay): SQLAlchemy's
-        connection and statement machinery took ten times as long as the query, and the
-        Socket.IO replay of a restart's reconnecting clients was a fifth of the server's CPU.
+        Writes (_driver_transaction) and the reads of every stream that opens or resumes (its
+        start, its replay) go here: SQLAlchemy's connection and statement machinery took ten
+        times as long as the query, and the Socket.IO replay of a restart's reconnecting
+        clients was a fifth of the server's CPU.
         """
         connection = self.engine.raw_connection()
         try:
             cursor = connection.cursor()
             try:
-                yield DriverSQL(cursor, self.engine.dialect)
+                yield connection, DriverSQL(cursor, self.engine.dialect)
             finally:
                 cursor.close()
         finally:
-            connection.close()  # back to the pool, which ends the read transaction
+            connection.close()  # back to the pool, which ends a read's transaction
 
     def ping(self) -> None:
         with self.engine.connect() as conn:
